@@ -1,0 +1,16 @@
+//! flow-proxy: a Consul-driven HAProxy controller.
+//!
+//! Module map (each module's own `//!` docs say what it owns and what it must not do):
+//!
+//! - [`domain`]: validated newtypes and the catalog snapshot. Pure: no IO, no serde wire types.
+//! - [`consul`]: the Consul HTTP client, blocking-query watchers and catalog change detection.
+//! - [`registry`]: the embedded single-node Consul-compatible registry.
+//! - [`settings`]: command line and environment settings.
+//! - [`server`]: wires the pieces together for `flow-proxy server`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod consul;
+pub mod domain;
+pub mod registry;
+pub mod server;
+pub mod settings;
