@@ -10,7 +10,7 @@ pub(crate) struct Pos {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Node {
-    Text(String),
+    Text(Pos, String),
     /// `{{pipeline}}`: prints the value unless the pipeline declares variables.
     Action(Pipeline),
     If(Control),

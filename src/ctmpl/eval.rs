@@ -11,7 +11,7 @@ use super::value::Value;
 /// Maximum size of a rendered template, in bytes.
 pub(crate) const MAX_OUTPUT: usize = 32 * 1024 * 1024;
 /// Maximum number of evaluation steps (nodes walked and commands run) per render.
-pub(crate) const MAX_STEPS: u64 = 20_000_000;
+pub(crate) const MAX_STEPS: u64 = 5_000_000;
 
 /// A failure during execution, at a position.
 pub(crate) struct ExecError {
@@ -96,8 +96,8 @@ impl State<'_> {
 
     fn walk(&mut self, dot: &Value, node: &Node) -> EResult<Flow> {
         match node {
-            Node::Text(s) => {
-                self.emit(Pos { line: 0, column: 0 }, s)?;
+            Node::Text(pos, s) => {
+                self.emit(*pos, s)?;
                 Ok(Flow::Normal)
             }
             Node::Action(pipe) => {
@@ -345,7 +345,7 @@ impl State<'_> {
                     values.push(self.eval_arg(dot, pos, arg)?);
                 }
                 values.extend(fin);
-                f(&mut self.ctx, values).map_err(|e| ExecError {
+                let result = f(&mut self.ctx, values).map_err(|e| ExecError {
                     pos,
                     kind: match e {
                         FuncError::Arity(m) => RenderErrorKind::Exec(m),
@@ -354,7 +354,20 @@ impl State<'_> {
                         }
                         FuncError::Render(kind) => kind,
                     },
-                })
+                })?;
+                // Strings built by functions count against the output limit, so that a loop
+                // doubling a variable cannot exhaust memory.
+                if let Value::Str(s) = &result
+                    && s.len() > MAX_OUTPUT
+                {
+                    return Err(ExecError {
+                        pos,
+                        kind: RenderErrorKind::Limit(format!(
+                            "{name} produced a string larger than {MAX_OUTPUT} bytes"
+                        )),
+                    });
+                }
+                Ok(result)
             }
         }
     }

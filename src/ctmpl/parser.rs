@@ -158,7 +158,13 @@ impl Parser {
             let t = self.next();
             match t.tok {
                 Tok::Eof => return Ok((nodes, Terminator::Eof)),
-                Tok::Text(s) => nodes.push(Node::Text(s)),
+                Tok::Text(s) => nodes.push(Node::Text(
+                    Pos {
+                        line: t.line,
+                        column: t.column,
+                    },
+                    s,
+                )),
                 Tok::LeftDelim => {
                     let kw = self.peek().clone();
                     match kw.tok {

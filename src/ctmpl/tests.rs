@@ -438,8 +438,18 @@ fn parse_errors_name_the_line() {
 fn nesting_and_size_limits() {
     let deep = "{{if 1}}".repeat(parser::MAX_DEPTH + 1) + &"{{end}}".repeat(parser::MAX_DEPTH + 1);
     check_parse_err(&[(deep.as_str(), 1, "nesting deeper than")]);
-    let ok = "{{if 1}}".repeat(50) + "x" + &"{{end}}".repeat(50);
-    check(&[(ok.as_str(), "x")]);
+    let ok = "{{range 1}}{{with 1}}".repeat(parser::MAX_DEPTH / 2 - 3)
+        + "{{ (((((1))))) }}"
+        + &"{{end}}{{end}}".repeat(parser::MAX_DEPTH / 2 - 3);
+    check(&[(ok.as_str(), "1")]);
+    // Doubling a string in a loop stops at the size limit.
+    let t = Template::parse(
+        "t",
+        "{{$s := \"xx\"}}{{range 100}}{{$s = print $s $s}}{{end}}{{len $s}}",
+    )
+    .unwrap();
+    let e = t.render(&Fake).unwrap_err();
+    assert!(matches!(e.kind, RenderErrorKind::Limit(_)), "{e}");
     let parens = "{{ ".to_string()
         + &"(".repeat(parser::MAX_DEPTH + 1)
         + "1"
