@@ -96,8 +96,9 @@ pub(crate) struct Token {
     pub space_before: bool,
 }
 
-const LEFT: &str = "{{";
-const RIGHT: &str = "}}";
+/// The default action delimiters.
+pub(crate) const DEFAULT_LEFT: &str = "{{";
+pub(crate) const DEFAULT_RIGHT: &str = "}}";
 
 fn is_space(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\r' | '\n')
@@ -109,16 +110,33 @@ fn is_alnum(c: char) -> bool {
 
 struct Lexer<'a> {
     src: &'a str,
+    left: &'a str,
+    right: &'a str,
+    /// `-` followed by the right delimiter.
+    trim_right: String,
     pos: usize,
     line: usize,
     line_start: usize,
     tokens: Vec<Token>,
 }
 
-/// Splits `src` into tokens, ending with [`Tok::Eof`].
+/// Splits `src` into tokens, ending with [`Tok::Eof`], with the default delimiters.
+#[cfg(test)]
 pub(crate) fn lex(src: &str) -> Result<Vec<Token>, LexError> {
+    lex_with(src, DEFAULT_LEFT, DEFAULT_RIGHT)
+}
+
+/// Splits `src` into tokens with the given (non-empty) action delimiters.
+pub(crate) fn lex_with<'a>(
+    src: &'a str,
+    left: &'a str,
+    right: &'a str,
+) -> Result<Vec<Token>, LexError> {
     let mut lx = Lexer {
         src,
+        left,
+        right,
+        trim_right: format!("-{right}"),
         pos: 0,
         line: 1,
         line_start: 0,
@@ -176,7 +194,7 @@ impl<'a> Lexer<'a> {
             let text_line = self.line;
             let text_col = self.column_at(self.pos);
             let start = self.pos;
-            let text_end = match self.rest().find(LEFT) {
+            let text_end = match self.rest().find(self.left) {
                 Some(i) => start + i,
                 None => self.src.len(),
             };
@@ -186,7 +204,7 @@ impl<'a> Lexer<'a> {
             }
             let at_delim = text_end < self.src.len();
             let after_left = &self.src[text_end..];
-            let left_trim = at_delim && has_left_trim(&after_left[LEFT.len()..]);
+            let left_trim = at_delim && has_left_trim(&after_left[self.left.len()..]);
             if left_trim {
                 text = text.trim_end_matches(is_space);
             }
@@ -205,7 +223,7 @@ impl<'a> Lexer<'a> {
     /// Lexes one action starting at `{{`; returns whether it ended with a right trim marker.
     fn lex_action(&mut self, left_trim: bool) -> Result<bool, LexError> {
         let (line, col) = (self.line, self.column_at(self.pos));
-        let mut inner = self.pos + LEFT.len();
+        let mut inner = self.pos + self.left.len();
         if left_trim {
             inner += 2;
         }
@@ -225,13 +243,13 @@ impl<'a> Lexer<'a> {
             let space_before = self.pos > before_space;
             let (tline, tcol) = (self.line, self.column_at(self.pos));
             let rest = self.rest();
-            let right_trim = self.pos > before_space && rest.starts_with("-}}");
-            if right_trim || rest.starts_with(RIGHT) {
+            let right_trim = self.pos > before_space && rest.starts_with(&self.trim_right);
+            if right_trim || rest.starts_with(self.right) {
                 if paren_depth > 0 {
                     return Err(self.err(tline, tcol, "unclosed left paren"));
                 }
                 self.push(Tok::RightDelim, tline, tcol, space_before);
-                let len = if right_trim { 3 } else { 2 };
+                let len = self.right.len() + usize::from(right_trim);
                 self.advance_to(self.pos + len);
                 return Ok(right_trim);
             }
@@ -322,10 +340,10 @@ impl<'a> Lexer<'a> {
         };
         let after = inner + 2 + end + 2;
         let tail = &self.src[after..];
-        let (trim, len) = if tail.starts_with(" -}}") {
-            (true, 4)
-        } else if tail.starts_with(RIGHT) {
-            (false, 2)
+        let (trim, len) = if tail.starts_with(' ') && tail[1..].starts_with(&self.trim_right) {
+            (true, 1 + self.trim_right.len())
+        } else if tail.starts_with(self.right) {
+            (false, self.right.len())
         } else {
             return Err(self.err(line, col, "comment ends before closing delimiter"));
         };
@@ -348,7 +366,7 @@ impl<'a> Lexer<'a> {
         match rest.chars().next() {
             None => Ok(()),
             Some(c) if is_space(c) || matches!(c, '.' | ',' | '|' | ':' | ')' | '(') => Ok(()),
-            Some(_) if rest.starts_with(RIGHT) => Ok(()),
+            Some(_) if rest.starts_with(self.right) => Ok(()),
             Some(c) => Err(self.err_here(format!("bad character {c:?}"))),
         }
     }
@@ -626,6 +644,26 @@ mod tests {
                 Tok::Variable("$".into()),
                 Tok::Dot,
                 Tok::RightDelim,
+                Tok::Eof
+            ]
+        );
+    }
+
+    #[test]
+    fn custom_delimiters() {
+        let toks: Vec<Tok> = lex_with("a [[- .X -]] {{b}} [[/* c */]]", "[[", "]]")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.tok)
+            .collect();
+        assert_eq!(
+            toks,
+            vec![
+                Tok::Text("a".into()),
+                Tok::LeftDelim,
+                Tok::Field("X".into()),
+                Tok::RightDelim,
+                Tok::Text("{{b}} ".into()),
                 Tok::Eof
             ]
         );

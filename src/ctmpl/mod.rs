@@ -74,8 +74,30 @@ pub struct Rendered {
 }
 
 impl Template {
-    /// Parses `source`; `name` identifies the template in error messages.
+    /// Parses `source` with the standard `{{ }}` delimiters; `name` identifies the template in
+    /// error messages.
     pub fn parse(name: &str, source: &str) -> Result<Template, ParseError> {
+        Self::parse_with_delimiters(name, source, "", "")
+    }
+
+    /// Parses `source` with custom action delimiters, like consul-template's
+    /// `left_delimiter`/`right_delimiter` settings; empty strings mean the defaults.
+    pub fn parse_with_delimiters(
+        name: &str,
+        source: &str,
+        left: &str,
+        right: &str,
+    ) -> Result<Template, ParseError> {
+        let left = if left.is_empty() {
+            lexer::DEFAULT_LEFT
+        } else {
+            left
+        };
+        let right = if right.is_empty() {
+            lexer::DEFAULT_RIGHT
+        } else {
+            right
+        };
         let fail = |line, column, message: String| ParseError {
             template: name.to_string(),
             line,
@@ -89,7 +111,8 @@ impl Template {
                 format!("template is larger than {MAX_SOURCE_LEN} bytes"),
             ));
         }
-        let tokens = lexer::lex(source).map_err(|e| fail(e.line, e.column, e.message))?;
+        let tokens =
+            lexer::lex_with(source, left, right).map_err(|e| fail(e.line, e.column, e.message))?;
         let nodes = parser::parse(tokens).map_err(|e| fail(e.pos.line, e.pos.column, e.message))?;
         Ok(Template {
             name: name.to_string(),

@@ -473,3 +473,11 @@ fn template_is_send_and_sync() {
     assert_send_sync::<Rendered>();
     assert_send_sync::<RenderError>();
 }
+
+#[test]
+fn custom_delimiters() {
+    let t = Template::parse_with_delimiters("t", "<% .X %>{{x}} <%- 1 -%>\n!", "<%", "%>").unwrap();
+    assert_eq!(t.render(&Fake).unwrap().text, "<no value>{{x}}1!");
+    let e = Template::parse_with_delimiters("t", "a\n<% if 1 %>", "<%", "%>").unwrap_err();
+    assert_eq!(e.line, 2);
+}
