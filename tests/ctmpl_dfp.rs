@@ -454,3 +454,24 @@ fn template_parses_once_and_renders_against_new_snapshots() {
     assert_eq!(t.render(&Snapshot::default()).unwrap().text, "0");
     assert_eq!(t.name(), "t");
 }
+
+#[test]
+fn static_source_serves_services_and_keys() {
+    use flow_proxy::ctmpl::StaticSource;
+    let mut s = StaticSource::default();
+    for e in go_demo().services.remove("go-demo").unwrap() {
+        s.add_service(e);
+    }
+    s.add_service(ServiceEntry {
+        name: "web".into(),
+        node: "n".into(),
+        tags: vec!["v2".into(), "v1".into()],
+        ..Default::default()
+    });
+    s.set_key("cfg/a", "1");
+    s.set_key("cfg/b/c", "2");
+    s.set_key("cfgx", "3");
+    let src = "{{range services}}{{.Name}}{{.Tags}} {{end}}|{{len (service \"go-demo\")}} {{len (service \"v1.web\")}} {{len (service \"v3.web\")}}|{{key \"cfg/a\"}}|{{range tree \"cfg/\"}}{{.Key}} {{end}}";
+    let out = Template::parse("t", src).unwrap().render(&s).unwrap();
+    assert_eq!(out.text, "go-demo[] web[v1 v2] |2 1 0|1|a b/c ");
+}

@@ -121,6 +121,80 @@ pub struct KvPair {
     pub session: String,
 }
 
+/// A ready-made in-memory [`DataSource`]: services by name and KV pairs by full key.
+///
+/// Callers that hold a snapshot in another shape can convert it into this once per render.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaticSource {
+    /// Instances by service name, whatever their health.
+    pub services: BTreeMap<String, Vec<ServiceEntry>>,
+    /// KV pairs by full key (`KvPair::key` is expected to equal the map key).
+    pub kv: BTreeMap<String, KvPair>,
+}
+
+impl StaticSource {
+    /// Adds a service instance under its `name`.
+    pub fn add_service(&mut self, entry: ServiceEntry) {
+        self.services
+            .entry(entry.name.clone())
+            .or_default()
+            .push(entry);
+    }
+
+    /// Sets a KV pair with zero indexes and flags.
+    pub fn set_key(&mut self, key: &str, value: &str) {
+        self.kv.insert(
+            key.to_string(),
+            KvPair {
+                key: key.to_string(),
+                value: value.to_string(),
+                ..KvPair::default()
+            },
+        );
+    }
+}
+
+impl DataSource for StaticSource {
+    fn service(&self, name: &str, tag: Option<&str>) -> Result<Vec<ServiceEntry>, DataError> {
+        Ok(self
+            .services
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|e| tag.is_none_or(|t| e.tags.iter().any(|x| x == t)))
+            .cloned()
+            .collect())
+    }
+
+    fn services(&self) -> Result<Vec<CatalogService>, DataError> {
+        Ok(self
+            .services
+            .iter()
+            .filter(|(_, entries)| !entries.is_empty())
+            .map(|(name, entries)| {
+                let tags: BTreeSet<&String> = entries.iter().flat_map(|e| &e.tags).collect();
+                CatalogService {
+                    name: name.clone(),
+                    tags: tags.into_iter().cloned().collect(),
+                }
+            })
+            .collect())
+    }
+
+    fn key(&self, path: &str) -> Result<Option<String>, DataError> {
+        Ok(self.kv.get(path).map(|p| p.value.clone()))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<KvPair>, DataError> {
+        Ok(self
+            .kv
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, p)| p.clone())
+            .collect())
+    }
+}
+
 /// A `service` query as a template used it: name, optional tag and the sorted health filters
 /// (`["passing"]` by default, `["any"]` for everything).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -52,7 +52,7 @@ mod value;
 
 pub use data::{
     CatalogService, DataError, DataSource, Dependencies, HealthCheck, KvPair, ServiceEntry,
-    ServiceQuery, Weights,
+    ServiceQuery, StaticSource, Weights,
 };
 pub use error::{ParseError, RenderError, RenderErrorKind};
 
