@@ -481,3 +481,33 @@ fn custom_delimiters() {
     let e = Template::parse_with_delimiters("t", "a\n<% if 1 %>", "<%", "%>").unwrap_err();
     assert_eq!(e.line, 2);
 }
+
+/// Truncated and scrambled templates must produce errors, never panics.
+#[test]
+fn malformed_input_never_panics() {
+    let readme = "backend go-demo-be\n\t{{ range $i, $e := service \"go-demo\" \"any\" }}\n\tserver {{$e.Node}}_{{$i}}_{{$e.Port}} {{$e.Address}}:{{$e.Port}} check\n\t{{- end -}}\n{{/* c */}}{{ printf \"%5.2f\" 1.5 | len }}{{ if and 1 (or 0 `x`) }}y{{ else if 'a' }}{{ end }}";
+    for (i, _) in readme.char_indices() {
+        if let Ok(t) = Template::parse("t", &readme[..i]) {
+            let _ = t.render(&Fake);
+        }
+    }
+    let atoms = [
+        "{{", "}}", "{{- ", " -}}", "$x", "$", ".", ".A", "|", "(", ")", "\"s\"", "`r`", "'c'",
+        "1", "-1", "1.5", ":=", "=", ",", "/*", "*/", "\n", " ", "if", "else", "end", "range",
+        "with", "break", "nil", "true", "len", "index", "printf", "service", "key", "eq", "and",
+        "\\", "é", "-", "0x",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..3000 {
+        let mut src = String::new();
+        for _ in 0..12 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            src.push_str(atoms[(seed % atoms.len() as u64) as usize]);
+        }
+        if let Ok(t) = Template::parse("t", &src) {
+            let _ = t.render(&Fake);
+        }
+    }
+}
