@@ -32,9 +32,32 @@
 //! assert_eq!(out.deps.services.len(), 1);
 //! ```
 //!
-//! Module map: [`lexer`](self) → `parser` → `ast` (parsed once); `eval` walks the tree with
-//! `value`s, calling `funcs` (Go built-ins and pure helpers, `printf`) and `consul_funcs`
-//! (data functions over [`DataSource`], recording [`Dependencies`]).
+//! # Language
+//!
+//! Go text/template: text and `{{ }}` actions (custom delimiters through
+//! [`Template::parse_with_delimiters`]); trim markers `{{- ` and ` -}}`; comments `{{/* */}}`;
+//! `if`/`else if`/`else`, `with`/`else with`/`else`, `range` over lists, maps (sorted keys) and
+//! ints with `$e :=` or `$i, $e :=` and an `else` branch, `break`, `continue`; variables `$x :=`,
+//! `$x =` with Go's scoping, `$`; pipelines, parentheses, fields `.A.B`, `$e.A`, `(x).A`, map
+//! keys as fields; string (with Go escapes), raw string, char, int, float, bool and nil
+//! literals. `define`, `template` and `block` are rejected at parse time.
+//!
+//! Functions: Go's `and or not len index slice print printf println eq ne lt le gt ge`;
+//! consul-template's `service services key keyOrDefault keyExists ls tree safeLs safeTree byTag
+//! byKey join split contains containsAll containsAny containsNone containsNotAll in toLower
+//! toUpper toTitle trimSpace trim trimPrefix trimSuffix replaceAll indent parseInt parseUint
+//! parseFloat parseBool add subtract multiply divide modulo minimum maximum`. Functions that
+//! need the environment, clock, files, programs or Vault (`env`, `timestamp`, `file`,
+//! `plugin`, `secret`...) are rejected at parse time with the reason.
+//!
+//! Dot and `$` are nil while rendering, as in consul-template. A render is bounded: nesting
+//! depth, evaluation steps and output size are limited.
+//!
+//! # Modules
+//!
+//! `lexer` → `parser` → `ast` (parsed once); `eval` walks the tree with `value`s, calling
+//! `funcs` (Go built-ins and pure helpers, with `printf`) and `consul_funcs` (data functions
+//! over [`DataSource`], recording [`Dependencies`]).
 //!
 //! Architecture invariant: this module is pure. It performs no IO, reads no environment, clock
 //! or files, and does not depend on tokio; all data arrives through [`DataSource`].
