@@ -475,3 +475,49 @@ fn static_source_serves_services_and_keys() {
     let out = Template::parse("t", src).unwrap().render(&s).unwrap();
     assert_eq!(out.text, "go-demo[] web[v1 v2] |2 1 0|1|a b/c ");
 }
+
+#[test]
+fn every_service_entry_field_is_reachable() {
+    let mut s = Snapshot::default();
+    s.services.insert(
+        "web".into(),
+        vec![ServiceEntry {
+            node: "n1".into(),
+            node_id: "0b1c".into(),
+            node_address: "10.0.0.1".into(),
+            node_meta: [("rack".to_string(), "r1".to_string())].into(),
+            node_tagged_addresses: [("lan".to_string(), "10.0.0.1".to_string())].into(),
+            id: "web-1".into(),
+            name: "web".into(),
+            address: "".into(),
+            port: 8080,
+            tags: vec!["z".into(), "a".into()],
+            service_meta: [("v".to_string(), "2".to_string())].into(),
+            weights: flow_proxy::ctmpl::Weights {
+                passing: 10,
+                warning: 1,
+            },
+            checks: vec![HealthCheck {
+                node: "n1".into(),
+                check_id: "service:web-1".into(),
+                name: "HTTP".into(),
+                status: "passing".into(),
+                output: "200 OK".into(),
+                service_id: "web-1".into(),
+                service_name: "web".into(),
+                ..Default::default()
+            }],
+        }],
+    );
+    let src = "{{with index (service \"web\") 0 -}}
+{{.Node}} {{.NodeID}} {{.NodeAddress}} {{.NodeMeta.rack}} {{.NodeTaggedAddresses.lan}}
+{{.ID}} {{.Name}} {{.Address}} {{.Port}} {{.Tags}} {{.ServiceMeta}} {{.Status}}
+{{.Weights.Passing}}/{{.Weights.Warning}}
+{{range .Checks}}{{.CheckID}} {{.Name}} {{.Status}} {{.Output}} {{.ServiceID}} {{.ServiceName}} {{.Node}}{{end}}
+{{- end}}";
+    let out = Template::parse("t", src).unwrap().render(&s).unwrap();
+    assert_eq!(
+        out.text,
+        "n1 0b1c 10.0.0.1 r1 10.0.0.1\nweb-1 web 10.0.0.1 8080 [a z] map[v:2] passing\n10/1\nservice:web-1 HTTP passing 200 OK web-1 web n1"
+    );
+}
