@@ -10,6 +10,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod consul;
+pub mod ctmpl;
 pub mod domain;
 pub mod registry;
 pub mod server;
