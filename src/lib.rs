@@ -11,6 +11,7 @@
 
 pub mod consul;
 pub mod domain;
+pub mod haproxy;
 pub mod registry;
 pub mod server;
 pub mod settings;
