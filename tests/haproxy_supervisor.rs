@@ -586,3 +586,36 @@ async fn dead_master_is_restarted_from_last_known_good() {
 
     stop_and_check(&mut sup).await;
 }
+
+#[tokio::test]
+async fn runtime_server_state_survives_a_reload() {
+    if !haproxy_available() {
+        return;
+    }
+    let env = Env::new();
+    let _guard = kill_guard(&env);
+    let a = start_backend("A").await;
+    let slots =
+        "\nbackend slots\n    balance roundrobin\n    server-template s 1-3 127.0.0.1:1 disabled\n";
+    let cfg = env.config(&[], "slots", slots);
+    // Same servers, one more backend: a structural change that needs a reload.
+    let cfg2 = env.config(&[("other", a)], "slots", slots);
+
+    let mut sup = env.supervisor();
+    sup.start(&cfg).await.unwrap();
+    sup.runtime_api()
+        .execute_checked(&[
+            format!("set server slots/s1 addr 127.0.0.1 port {a}"),
+            "set server slots/s1 state ready".to_owned(),
+        ])
+        .await
+        .unwrap();
+    wait_for_answer(env.port, 200, "A").await;
+
+    let outcome = sup.reload(&cfg2).await.unwrap();
+    assert!(outcome.server_state_saved);
+    // The new worker loaded the saved state: the slot is still filled and enabled.
+    assert_eq!(get(env.port).await.unwrap(), (200, "A".to_owned()));
+
+    stop_and_check(&mut sup).await;
+}

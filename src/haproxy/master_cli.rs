@@ -44,6 +44,20 @@ pub enum MasterCliError {
     Parse(String),
 }
 
+impl MasterCliError {
+    /// True when retrying may help (the master is re-executing, or the connection
+    /// was cut), false for lasting failures.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MasterCliError::Unavailable { .. } => true,
+            MasterCliError::Io { source, .. } => {
+                socket::is_transient(source) || source.kind() == io::ErrorKind::TimedOut
+            }
+            MasterCliError::Parse(_) => false,
+        }
+    }
+}
+
 /// One process listed by `show proc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -228,6 +242,12 @@ impl MasterCli {
                 path: self.path.clone(),
                 source,
             })?;
+        if bytes.is_empty() {
+            return Err(MasterCliError::Io {
+                path: self.path.clone(),
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, "empty answer"),
+            });
+        }
         parse_show_proc(&String::from_utf8_lossy(&bytes))
     }
 

@@ -492,10 +492,7 @@ impl Supervisor {
             self.options.validate_timeout,
         )
         .await?;
-        let before = self
-            .master_cli
-            .show_proc(self.options.reload_timeout)
-            .await?;
+        let before = self.query_procs(self.options.reload_timeout).await?;
         process::persist_temp(tmp, self.paths.config())
             .await
             .map_err(|source| ReloadError::Io {
@@ -560,10 +557,7 @@ impl Supervisor {
     /// its `ReloadFailed` state with the old configuration.
     async fn rollback(&mut self, pid: u32) -> Result<(), ReloadError> {
         self.restore_last_good_file().await?;
-        let before = self
-            .master_cli
-            .show_proc(self.options.reload_timeout)
-            .await?;
+        let before = self.query_procs(self.options.reload_timeout).await?;
         match self.trigger_and_confirm(pid, &before).await? {
             Confirmation::Confirmed(_) => Ok(()),
             Confirmation::Refused => Err(ReloadError::Rejected {
@@ -618,7 +612,7 @@ impl Supervisor {
             if remaining.is_zero() {
                 return Err(ReloadError::NotConfirmed(self.options.reload_timeout));
             }
-            match self.master_cli.show_proc(remaining).await {
+            match self.query_procs(remaining).await {
                 Ok(now) => {
                     if now.master_reloads > before.master_reloads {
                         if now.fresh_workers().iter().any(|p| !known.contains(p)) {
@@ -629,12 +623,8 @@ impl Supervisor {
                         }
                     }
                 }
-                Err(MasterCliError::Unavailable { .. }) => {}
-                Err(MasterCliError::Io { source, .. })
-                    if !self.master.as_ref().is_some_and(Master::alive) =>
-                {
-                    debug!(error = %source, "master CLI gone");
-                }
+                // Dead master or deadline: both are handled at the top of the loop.
+                Err(e) if e.is_transient() => debug!(error = %e, "master CLI unavailable"),
                 Err(e) => return Err(e.into()),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -672,7 +662,7 @@ impl Supervisor {
         let master_pid = self.master_pid();
         let master_alive = self.master.as_ref().is_some_and(Master::alive);
         let procs = if master_alive {
-            self.master_cli.show_proc(Duration::from_secs(2)).await.ok()
+            self.query_procs(Duration::from_secs(2)).await.ok()
         } else {
             None
         };
@@ -712,7 +702,7 @@ impl Supervisor {
             let new_pid = self.start(&text).await?;
             return Ok(EnsureOutcome::RestartedMaster { old_pid, new_pid });
         }
-        let procs = self.master_cli.show_proc(Duration::from_secs(5)).await?;
+        let procs = self.query_procs(Duration::from_secs(5)).await?;
         if !procs.workers.is_empty() {
             return Ok(EnsureOutcome::Healthy);
         }
@@ -765,6 +755,40 @@ impl Supervisor {
             return Err(SupervisorError::StopFailed { pid });
         }
         Ok(())
+    }
+
+    /// `show proc`, retried while the master CLI refuses connections, but only as
+    /// long as the master is alive and `deadline` has not passed.
+    async fn query_procs(&self, deadline: Duration) -> Result<ProcList, MasterCliError> {
+        let start = Instant::now();
+        loop {
+            let err = if self.master.as_ref().is_some_and(Master::alive) {
+                match self.master_cli.try_show_proc().await {
+                    Ok(p) => return Ok(p),
+                    Err(e) if e.is_transient() => e,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                MasterCliError::Io {
+                    path: self.paths.master_socket().to_path_buf(),
+                    source: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "HAProxy master is not running",
+                    ),
+                }
+            };
+            if start.elapsed() >= deadline || !self.master.as_ref().is_some_and(Master::alive) {
+                return Err(match err {
+                    MasterCliError::Io { path, source } => MasterCliError::Unavailable {
+                        path,
+                        waited: start.elapsed(),
+                        source,
+                    },
+                    other => other,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn live_master_pid(&self) -> Option<u32> {
