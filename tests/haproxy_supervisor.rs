@@ -619,3 +619,132 @@ async fn runtime_server_state_survives_a_reload() {
 
     stop_and_check(&mut sup).await;
 }
+
+/// Pins an HAProxy 2.6.12 behaviour callers must know about: the saved server state
+/// wins over a server address changed in the configuration.
+#[tokio::test]
+async fn saved_state_overrides_a_changed_server_address() {
+    if !haproxy_available() {
+        return;
+    }
+    let a = start_backend("A").await;
+    let b = start_backend("B").await;
+    for save_server_state in [true, false] {
+        let env = Env::new();
+        let _guard = kill_guard(&env);
+        let mut sup = Supervisor::new(
+            env.paths.clone(),
+            SupervisorOptions {
+                save_server_state,
+                ..SupervisorOptions::default()
+            },
+        );
+        sup.start(&env.config(&[("app", a)], "app", ""))
+            .await
+            .unwrap();
+        assert_eq!(get(env.port).await.unwrap(), (200, "A".to_owned()));
+        let outcome = sup
+            .reload(&env.config(&[("app", b)], "app", ""))
+            .await
+            .unwrap();
+        assert_eq!(outcome.server_state_saved, save_server_state);
+        let want = if save_server_state { "A" } else { "B" };
+        assert_eq!(get(env.port).await.unwrap(), (200, want.to_owned()));
+        stop_and_check(&mut sup).await;
+    }
+}
+
+#[tokio::test]
+async fn dead_worker_takes_the_master_down_and_is_recovered() {
+    if !haproxy_available() {
+        return;
+    }
+    let env = Env::new();
+    let _guard = kill_guard(&env);
+    let a = start_backend("A").await;
+    let mut sup = env.supervisor();
+    let old_pid = sup
+        .start(&env.config(&[("app", a)], "app", ""))
+        .await
+        .unwrap();
+    let worker = sup.status().await.current_workers[0];
+
+    unsafe {
+        libc::kill(worker as i32, libc::SIGKILL);
+    }
+    // HAProxy 2.6 without `no-exit-on-failure`: the master exits with its worker.
+    let start = tokio::time::Instant::now();
+    while sup.status().await.master_alive {
+        assert!(start.elapsed() < DEADLINE, "master survived its worker");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match sup.ensure_running().await.unwrap() {
+        EnsureOutcome::RestartedMaster { old_pid: o, .. } => assert_eq!(o, old_pid),
+        other => panic!("expected a restart, got {other:?}"),
+    }
+    wait_for_answer(env.port, 200, "A").await;
+    stop_and_check(&mut sup).await;
+}
+
+#[tokio::test]
+async fn old_workers_are_counted_while_they_drain() {
+    if !haproxy_available() {
+        return;
+    }
+    let env = Env::new();
+    let _guard = kill_guard(&env);
+    let a = start_backend("A").await;
+    let cfg = env.config(&[("app", a)], "app", "");
+    let mut sup = env.supervisor();
+    sup.start(&cfg).await.unwrap();
+
+    // A request whose headers are not complete keeps the old worker busy.
+    let mut slow = TcpStream::connect(("127.0.0.1", env.port)).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let outcome = sup.reload(&format!("{cfg}# generation 2\n")).await.unwrap();
+    assert_eq!(outcome.old_workers, 1, "{outcome:?}");
+    let status = sup.status().await;
+    assert_eq!(status.old_workers, 1);
+    assert_eq!(status.current_workers, outcome.new_workers);
+
+    // Finishing the request lets the old worker exit.
+    slow.write_all(b"Connection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).ends_with("\r\n\r\nA"));
+    let start = tokio::time::Instant::now();
+    while sup.status().await.old_workers > 0 {
+        assert!(start.elapsed() < DEADLINE, "old worker did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_and_check(&mut sup).await;
+}
+
+#[tokio::test]
+async fn start_failure_reports_alerts_and_leaves_nothing_running() {
+    if !haproxy_available() {
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let env = Env { port, ..Env::new() };
+    let _guard = kill_guard(&env);
+    let cfg = env.config(&[("app", 1)], "app", "");
+
+    let mut sup = env.supervisor();
+    let err = sup.start(&cfg).await.unwrap_err();
+    let SupervisorError::StartFailed { alerts, .. } = &err else {
+        panic!("expected StartFailed, got {err:?}");
+    };
+    assert!(
+        alerts.iter().any(|a| a.message.contains("cannot bind")),
+        "{alerts:?}"
+    );
+    assert!(sup.master_pid().is_none());
+    assert!(!sup.status().await.master_alive);
+    drop(taken);
+}

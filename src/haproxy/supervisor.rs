@@ -635,6 +635,8 @@ impl Supervisor {
     /// removed rather than left stale, and the reload goes on without it.
     async fn save_server_state(&self) -> bool {
         if !self.options.save_server_state {
+            // A file left by an earlier run would otherwise be applied by the new worker.
+            self.remove_server_state().await;
             return false;
         }
         let result = match self.runtime.show_servers_state().await {
@@ -647,13 +649,17 @@ impl Supervisor {
             Ok(()) => true,
             Err(error) => {
                 warn!(%error, "cannot save server state; reloading without it");
-                if let Err(e) = tokio::fs::remove_file(self.paths.server_state()).await
-                    && e.kind() != io::ErrorKind::NotFound
-                {
-                    warn!(error = %e, "cannot remove stale server-state file");
-                }
+                self.remove_server_state().await;
                 false
             }
+        }
+    }
+
+    async fn remove_server_state(&self) {
+        if let Err(e) = tokio::fs::remove_file(self.paths.server_state()).await
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            warn!(error = %e, "cannot remove stale server-state file");
         }
     }
 
