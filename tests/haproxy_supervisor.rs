@@ -516,6 +516,11 @@ async fn restarted_controller_adopts_the_running_master() {
 
     let mut first = env.supervisor();
     let pid = first.start(&cfg_a).await.unwrap();
+    // While the first supervisor lives, nobody else may drive this HAProxy.
+    assert!(matches!(
+        env.supervisor().adopt().await,
+        Err(SupervisorError::Locked(_))
+    ));
     drop(first); // the controller goes away; HAProxy keeps running
 
     assert_eq!(get(env.port).await.unwrap(), (200, "A".to_owned()));
@@ -524,6 +529,7 @@ async fn restarted_controller_adopts_the_running_master() {
         other.start(&cfg_a).await,
         Err(SupervisorError::AlreadyRunning { pid: p }) if p == pid
     ));
+    drop(other);
 
     let mut second = env.supervisor();
     assert!(second.adopt().await.unwrap());
@@ -537,6 +543,7 @@ async fn restarted_controller_adopts_the_running_master() {
     assert_eq!(second.status().await.master_pid, Some(pid));
 
     stop_and_check(&mut second).await;
+    drop(second);
     // Nothing left to adopt.
     let mut third = env.supervisor();
     assert!(!third.adopt().await.unwrap());

@@ -29,8 +29,9 @@ pub enum PathsError {
         /// Its length in bytes.
         len: usize,
     },
-    /// A path contains characters that cannot be written into `haproxy.cfg` safely.
-    #[error("path {0} contains whitespace, quotes, '#' or non-UTF-8 characters")]
+    /// A path contains characters that cannot be written into `haproxy.cfg` or the
+    /// `-S` argument safely.
+    #[error("path {0} contains whitespace, quotes, '#', ',' or non-UTF-8 characters")]
     UnsafePath(PathBuf),
     /// The data directory could not be created.
     #[error("cannot create data directory {path}")]
@@ -73,6 +74,7 @@ pub struct HaproxyPaths {
     runtime_socket: PathBuf,
     server_state: PathBuf,
     log_file: PathBuf,
+    lock_file: PathBuf,
 }
 
 impl HaproxyPaths {
@@ -87,6 +89,7 @@ impl HaproxyPaths {
             runtime_socket: data_dir.join("admin.sock"),
             server_state: data_dir.join("server-state"),
             log_file: data_dir.join("haproxy.log"),
+            lock_file: data_dir.join("supervisor.lock"),
             data_dir,
         };
         for socket in [&paths.master_socket, &paths.runtime_socket] {
@@ -98,7 +101,11 @@ impl HaproxyPaths {
                 });
             }
         }
-        for path in [&paths.runtime_socket, &paths.server_state] {
+        for path in [
+            &paths.runtime_socket,
+            &paths.server_state,
+            &paths.master_socket,
+        ] {
             if !is_config_safe(path) {
                 return Err(PathsError::UnsafePath(path.clone()));
             }
@@ -149,6 +156,11 @@ impl HaproxyPaths {
         &self.log_file
     }
 
+    /// Lock file held by the one supervisor that owns this data directory.
+    pub fn lock_file(&self) -> &Path {
+        &self.lock_file
+    }
+
     /// Lines for the `global` section (indented, each ending with `\n`). The renderer
     /// must embed them; the supervisor relies on the runtime socket and server-state
     /// file they declare.
@@ -179,9 +191,9 @@ impl HaproxyPaths {
 
 fn is_config_safe(path: &Path) -> bool {
     match path.to_str() {
-        Some(s) => !s
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '#' | '\\')),
+        Some(s) => !s.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '#' | '\\' | ',')
+        }),
         None => false,
     }
 }
@@ -226,6 +238,10 @@ mod tests {
         ));
         assert!(matches!(
             HaproxyPaths::new("/tmp/a b"),
+            Err(PathsError::UnsafePath(_))
+        ));
+        assert!(matches!(
+            HaproxyPaths::new("/tmp/a,b"),
             Err(PathsError::UnsafePath(_))
         ));
     }

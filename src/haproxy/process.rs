@@ -78,6 +78,28 @@ fn stat_state(stat: &str) -> Option<char> {
     after.trim_start().chars().next()
 }
 
+/// Takes an exclusive, non-blocking `flock` on `path` (created if missing). The lock
+/// lives as long as the returned file; `Ok(None)` means another holder has it.
+pub fn try_lock_file(path: &Path) -> io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: flock(2) on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(file));
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(err)
+    }
+}
+
 /// Reads a pid file; `Ok(None)` when it is missing or does not hold a pid.
 pub async fn read_pid_file(path: &Path) -> io::Result<Option<u32>> {
     match tokio::fs::read_to_string(path).await {
@@ -156,6 +178,17 @@ mod tests {
         write_atomic(&f, b"two\n".to_vec()).await.unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "two\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lock");
+        let held = try_lock_file(&f).unwrap();
+        assert!(held.is_some());
+        assert!(try_lock_file(&f).unwrap().is_none());
+        drop(held);
+        assert!(try_lock_file(&f).unwrap().is_some());
     }
 
     #[tokio::test]

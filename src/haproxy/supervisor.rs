@@ -36,6 +36,9 @@ use super::process::{self, Signal};
 use super::runtime_api::RuntimeApi;
 use super::validate::{self, ConfigAlert, ValidationError};
 
+/// HAProxy's log is truncated when a master is started and it is larger than this.
+const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Tunables of the supervisor.
 #[derive(Debug, Clone)]
 pub struct SupervisorOptions {
@@ -103,6 +106,9 @@ pub enum SupervisorError {
         /// `[ALERT]` lines from HAProxy's log.
         alerts: Vec<ConfigAlert>,
     },
+    /// Another supervisor (in this or another process) owns the data directory.
+    #[error("another supervisor holds {0}")]
+    Locked(PathBuf),
     /// There is no last-known-good configuration to recover with.
     #[error("no last-known-good configuration at {0}")]
     NoLastGood(PathBuf),
@@ -324,6 +330,9 @@ pub struct Supervisor {
     master: Option<Master>,
     last_reload: Option<ReloadRecord>,
     reload_failures_total: u64,
+    /// `flock` on the data directory's lock file, so two supervisors never drive the
+    /// same HAProxy (dropped with the supervisor).
+    lock: Option<std::fs::File>,
 }
 
 impl Supervisor {
@@ -337,6 +346,35 @@ impl Supervisor {
             master: None,
             last_reload: None,
             reload_failures_total: 0,
+            lock: None,
+        }
+    }
+
+    /// Creates the data directory and takes its lock (once).
+    async fn claim_data_dir(&mut self) -> Result<(), SupervisorError> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        self.paths
+            .create_dir()
+            .await
+            .map_err(|e| SupervisorError::Io {
+                what: "cannot create",
+                path: self.paths.data_dir().to_path_buf(),
+                source: io::Error::other(e),
+            })?;
+        let path = self.paths.lock_file().to_path_buf();
+        match process::try_lock_file(&path) {
+            Ok(Some(file)) => {
+                self.lock = Some(file);
+                Ok(())
+            }
+            Ok(None) => Err(SupervisorError::Locked(path)),
+            Err(source) => Err(SupervisorError::Io {
+                what: "cannot lock",
+                path,
+                source,
+            }),
         }
     }
 
@@ -382,14 +420,7 @@ impl Supervisor {
         {
             return Err(SupervisorError::AlreadyRunning { pid: m.pid() });
         }
-        self.paths
-            .create_dir()
-            .await
-            .map_err(|e| SupervisorError::Io {
-                what: "cannot create",
-                path: self.paths.data_dir().to_path_buf(),
-                source: io::Error::other(e),
-            })?;
+        self.claim_data_dir().await?;
         if let Some(pid) = self.find_running_master().await {
             return Err(SupervisorError::AlreadyRunning { pid });
         }
@@ -421,6 +452,7 @@ impl Supervisor {
         {
             return Ok(true);
         }
+        self.claim_data_dir().await?;
         let Some(pid) = self.find_running_master().await else {
             return Ok(false);
         };
@@ -827,9 +859,14 @@ impl Supervisor {
 
     async fn spawn_master(&mut self, config_text: &str) -> Result<u32, SupervisorError> {
         let log_offset = self.log_len().await;
+        // Keep the log bounded across restarts; it only serves recent diagnostics.
+        let truncate = log_offset > MAX_LOG_BYTES;
+        let log_offset = if truncate { 0 } else { log_offset };
         let log = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .append(!truncate)
+            .write(true)
+            .truncate(truncate)
             .open(self.paths.log_file())
             .map_err(|source| SupervisorError::Io {
                 what: "cannot open",
@@ -844,7 +881,7 @@ impl Supervisor {
         let mut child = tokio::process::Command::new(&self.options.haproxy_binary)
             .arg("-W")
             .arg("-S")
-            .arg(self.paths.master_socket())
+            .arg(format!("{},mode,600", self.paths.master_socket().display()))
             .arg("-f")
             .arg(self.paths.config())
             .arg("-p")
