@@ -338,7 +338,9 @@ async fn config_refused_at_reload_is_rolled_back() {
     sup.start(&cfg_a).await.unwrap();
     sup.validate(&cfg_bind).await.unwrap();
 
+    let t0 = std::time::Instant::now();
     let err = sup.reload(&cfg_bind).await.unwrap_err();
+    eprintln!("refused reload took {:?}: {err}", t0.elapsed());
     match &err {
         ReloadError::Rejected {
             alerts,

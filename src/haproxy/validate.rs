@@ -120,6 +120,7 @@ pub(crate) async fn check_to_tempfile(
         dir: dir.clone(),
         source,
     };
+    tokio::fs::create_dir_all(&dir).await.map_err(io_err)?;
     let text = config_text.to_owned();
     let tmp_dir = dir.clone();
     let tmp = tokio::task::spawn_blocking(move || -> std::io::Result<NamedTempFile> {
