@@ -46,7 +46,7 @@ impl fmt::Display for ConfigAlert {
 #[derive(Debug, thiserror::Error)]
 pub enum ValidationError {
     /// `haproxy -c` rejected the configuration.
-    #[error("haproxy rejected the configuration (exit code {exit_code:?}): {}", join_alerts(.alerts))]
+    #[error("haproxy rejected the configuration ({}): {}", exit_desc(*.exit_code), join_alerts(.alerts))]
     Rejected {
         /// The exit code (2 means "valid but no listener, would not start").
         exit_code: Option<i32>,
@@ -83,6 +83,13 @@ impl ValidationError {
             ValidationError::Rejected { alerts, .. } => alerts,
             _ => &[],
         }
+    }
+}
+
+fn exit_desc(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit code {c}"),
+        None => "killed by a signal".to_owned(),
     }
 }
 
