@@ -720,9 +720,11 @@ impl Supervisor {
         }
     }
 
-    /// Detects a dead master (HAProxy 2.6's master exits when its current worker dies,
-    /// unless `no-exit-on-failure` is set) and restarts it from the last-known-good
-    /// file; a live master without workers is reloaded. Call periodically.
+    /// Detects a dead master and restarts it from the last-known-good file. A dead
+    /// worker needs the same handling: on 2.6.12 the master exits once its last worker
+    /// is gone (observed even with `master-worker no-exit-on-failure`), so it shows up
+    /// as a dead master. A live master without workers, should one ever be seen, is
+    /// reloaded. Call periodically.
     pub async fn ensure_running(&mut self) -> Result<EnsureOutcome, SupervisorError> {
         let Some(master) = &self.master else {
             return Err(SupervisorError::NotRunning);
