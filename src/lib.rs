@@ -12,6 +12,7 @@
 pub mod consul;
 pub mod ctmpl;
 pub mod domain;
+pub mod haproxy;
 pub mod registry;
 pub mod server;
 pub mod settings;

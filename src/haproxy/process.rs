@@ -1,0 +1,204 @@
+//! Low-level process and file helpers for the supervisor: sending signals to a pid,
+//! checking whether a pid is alive (and not a zombie), reading the pid file, and
+//! atomic file replacement (temporary file in the same directory, fsync, rename).
+//!
+//! Must not: decide when to signal or write anything; that is the supervisor's job.
+
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+/// Signals the supervisor sends to HAProxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Reload (master re-executes itself and forks new workers).
+    Usr2,
+    /// Soft stop: finish connections, then exit.
+    Usr1,
+    /// Hard stop.
+    Term,
+    /// Last resort.
+    Kill,
+}
+
+impl Signal {
+    fn raw(self) -> libc::c_int {
+        match self {
+            Signal::Usr2 => libc::SIGUSR2,
+            Signal::Usr1 => libc::SIGUSR1,
+            Signal::Term => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        }
+    }
+}
+
+fn to_pid(pid: u32) -> io::Result<libc::pid_t> {
+    match libc::pid_t::try_from(pid) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid pid {pid}"),
+        )),
+    }
+}
+
+/// Sends `signal` to the single process `pid` (never to a process group).
+pub fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
+    let pid = to_pid(pid)?;
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a positive pid,
+    // so it never addresses a process group or every process.
+    let rc = unsafe { libc::kill(pid, signal.raw()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// True if `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(raw) = to_pid(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(raw, 0) };
+    let exists = rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    // A zombie still answers kill(0); /proc tells them apart.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(stat_state(&stat), Some('Z' | 'X')),
+        Err(_) => true,
+    }
+}
+
+/// The state letter of a `/proc/<pid>/stat` line (the field after `(comm)`).
+fn stat_state(stat: &str) -> Option<char> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.trim_start().chars().next()
+}
+
+/// Takes an exclusive, non-blocking `flock` on `path` (created if missing). The lock
+/// lives as long as the returned file; `Ok(None)` means another holder has it.
+pub fn try_lock_file(path: &Path) -> io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: flock(2) on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(file));
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(err)
+    }
+}
+
+/// Reads a pid file; `Ok(None)` when it is missing or does not hold a pid.
+pub async fn read_pid_file(path: &Path) -> io::Result<Option<u32>> {
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => Ok(text.lines().next().and_then(|l| l.trim().parse().ok())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `contents` to `target` atomically: a temporary file in the same directory,
+/// flushed and fsynced, renamed over `target`, then the directory is fsynced.
+pub async fn write_atomic(target: &Path, contents: Vec<u8>) -> io::Result<()> {
+    let target = target.to_path_buf();
+    tokio::task::spawn_blocking(move || write_atomic_blocking(&target, &contents))
+        .await
+        .map_err(io::Error::other)?
+}
+
+fn write_atomic_blocking(target: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = parent_dir(target);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".flow-proxy-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)?;
+    tmp.write_all(contents)?;
+    tmp.flush()?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(target).map_err(|e| e.error)?;
+    sync_dir(&dir)
+}
+
+/// Renames a validated temporary file over `target` and fsyncs the directory.
+pub async fn persist_temp(tmp: tempfile::NamedTempFile, target: &Path) -> io::Result<()> {
+    let target = target.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        tmp.persist(&target).map_err(|e| e.error)?;
+        sync_dir(&parent_dir(&target))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_state() {
+        assert_eq!(stat_state("123 (haproxy) S 1 2 3"), Some('S'));
+        assert_eq!(stat_state("123 (odd) name) Z 1 2 3"), Some('Z'));
+        assert_eq!(stat_state("garbage"), None);
+    }
+
+    #[test]
+    fn own_pid_is_alive_and_zero_is_not() {
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(0));
+    }
+
+    #[tokio::test]
+    async fn atomic_write_replaces_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.cfg");
+        write_atomic(&f, b"one\n".to_vec()).await.unwrap();
+        write_atomic(&f, b"two\n".to_vec()).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "two\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lock");
+        let held = try_lock_file(&f).unwrap();
+        assert!(held.is_some());
+        assert!(try_lock_file(&f).unwrap().is_none());
+        drop(held);
+        assert!(try_lock_file(&f).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn pid_file_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pid");
+        assert_eq!(read_pid_file(&f).await.unwrap(), None);
+        std::fs::write(&f, "4242\n").unwrap();
+        assert_eq!(read_pid_file(&f).await.unwrap(), Some(4242));
+        std::fs::write(&f, "junk\n").unwrap();
+        assert_eq!(read_pid_file(&f).await.unwrap(), None);
+    }
+}
