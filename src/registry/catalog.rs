@@ -695,6 +695,18 @@ impl Store {
             .collect()
     }
 
+    /// The index `/v1/catalog/service/:name` reports, without rendering it.
+    pub fn catalog_service_index(&self, name: &str) -> u64 {
+        let exists = self.services.values().any(|s| s.def.name == name);
+        self.service_read_index(name, false, exists)
+    }
+
+    /// The index `/v1/health/service/:name` reports, without rendering it.
+    pub fn health_service_index(&self, name: &str, tags: &[String]) -> u64 {
+        let exists = !self.instances_of(name, tags).is_empty();
+        self.service_read_index(name, true, exists)
+    }
+
     /// `/v1/catalog/services`: name -> union of tags, with the `services` entry.
     pub fn catalog_services(&self) -> (Value, u64) {
         let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

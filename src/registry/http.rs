@@ -315,10 +315,15 @@ async fn route(core: &Arc<Core>, req: &Req) -> ApiResult {
         allow(req, &["GET"])?;
         let tags = req.all("tag");
         let name = name.to_string();
-        return blocking_read(core, req, move |s| {
-            let (v, i) = s.catalog_service(&name, &tags);
-            (json_resp(&v), i)
-        })
+        return blocking_read(
+            core,
+            req,
+            |s| s.catalog_service_index(&name),
+            |s| {
+                let (v, i) = s.catalog_service(&name, &tags);
+                (json_resp(&v), i)
+            },
+        )
         .await;
     }
     if let Some(name) = p.strip_prefix("health/service/") {
@@ -331,10 +336,15 @@ async fn route(core: &Arc<Core>, req: &Req) -> ApiResult {
         };
         let tags = req.all("tag");
         let name = name.to_string();
-        return blocking_read(core, req, move |s| {
-            let (v, i) = s.health_service(&name, &tags, passing);
-            (json_resp(&v), i)
-        })
+        return blocking_read(
+            core,
+            req,
+            |s| s.health_service_index(&name, &tags),
+            |s| {
+                let (v, i) = s.health_service(&name, &tags, passing);
+                (json_resp(&v), i)
+            },
+        )
         .await;
     }
     if let Some(state) =
@@ -346,36 +356,51 @@ async fn route(core: &Arc<Core>, req: &Req) -> ApiResult {
             return Err(ApiError::bad("Missing check state"));
         }
         let state = state.to_string();
-        return blocking_read(core, req, move |s| {
-            let (v, i) = s.health_state(&state);
-            (json_resp(&v), i)
-        })
+        return blocking_read(
+            core,
+            req,
+            |s| s.idx.checks,
+            |s| {
+                let (v, i) = s.health_state(&state);
+                (json_resp(&v), i)
+            },
+        )
         .await;
     }
     if let Some(name) = p.strip_prefix("health/checks/") {
         allow(req, &["GET"])?;
         let name = name.to_string();
-        return blocking_read(core, req, move |s| {
-            let (v, i) = s.health_checks(&name);
-            (json_resp(&v), i)
-        })
+        return blocking_read(
+            core,
+            req,
+            |s| s.idx.checks,
+            |s| {
+                let (v, i) = s.health_checks(&name);
+                (json_resp(&v), i)
+            },
+        )
         .await;
     }
     if let Some(node) = p.strip_prefix("health/node/") {
         allow(req, &["GET"])?;
         let node = node.to_string();
-        return blocking_read(core, req, move |s| {
-            let items: Vec<Value> = if node == s.node.name {
-                s.checks
-                    .values()
-                    .filter(|c| c.service_id.is_empty())
-                    .map(|c| s.check_json(c))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            (json_resp(&Value::Array(items)), s.idx.checks)
-        })
+        return blocking_read(
+            core,
+            req,
+            |s| s.idx.checks,
+            |s| {
+                let items: Vec<Value> = if node == s.node.name {
+                    s.checks
+                        .values()
+                        .filter(|c| c.service_id.is_empty())
+                        .map(|c| s.check_json(c))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                (json_resp(&Value::Array(items)), s.idx.checks)
+            },
+        )
         .await;
     }
     if let Some(rest) = p.strip_prefix("agent/") {
@@ -384,18 +409,28 @@ async fn route(core: &Arc<Core>, req: &Req) -> ApiResult {
     match p {
         "catalog/services" => {
             allow(req, &["GET"])?;
-            blocking_read(core, req, |s| {
-                let (v, i) = s.catalog_services();
-                (json_resp(&v), i)
-            })
+            blocking_read(
+                core,
+                req,
+                |s| s.idx.services,
+                |s| {
+                    let (v, i) = s.catalog_services();
+                    (json_resp(&v), i)
+                },
+            )
             .await
         }
         "catalog/nodes" => {
             allow(req, &["GET"])?;
-            blocking_read(core, req, |s| {
-                let (v, i) = s.catalog_nodes();
-                (json_resp(&v), i)
-            })
+            blocking_read(
+                core,
+                req,
+                |s| s.idx.nodes,
+                |s| {
+                    let (v, i) = s.catalog_nodes();
+                    (json_resp(&v), i)
+                },
+            )
             .await
         }
         "catalog/datacenters" => {
@@ -427,20 +462,24 @@ fn parse_go_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// Serves a blocking-capable read: blocks per `index`/`wait`, then adds the index headers.
-async fn blocking_read<F>(core: &Arc<Core>, req: &Req, read: F) -> ApiResult
+/// Serves a blocking-capable read: waits (per `index`/`wait`) until `index_of` is above
+/// the client's index, re-checking only the index on each write, then renders once and
+/// adds the index headers. `render` returns the body and the index it reports.
+async fn blocking_read<I, F>(core: &Arc<Core>, req: &Req, index_of: I, render: F) -> ApiResult
 where
+    I: Fn(&Store) -> u64,
     F: Fn(&Store) -> (Resp, u64),
 {
     let params = blocking::parse_params(req.q("index"), req.q("wait"))?;
-    let timeout = blocking::with_jitter(params.wait);
-    let rx = core.subscribe();
-    let (resp, index) = blocking::block_until(rx, params.index > 0, timeout, &core.cancel, || {
-        let (r, i) = core.read(&read);
-        let i = non_zero(i);
-        ((r, i), i > params.index)
-    })
-    .await;
+    if params.index > 0 {
+        let timeout = blocking::with_jitter(params.wait);
+        let rx = core.subscribe();
+        blocking::block_until(rx, true, timeout, &core.cancel, || {
+            ((), non_zero(core.read(&index_of)) > params.index)
+        })
+        .await;
+    }
+    let (resp, index) = core.read(&render);
     Ok(with_meta(resp, index, req.consistency()))
 }
 
@@ -473,44 +512,59 @@ async fn kv_get(core: &Arc<Core>, req: &Req, key: &str) -> ApiResult {
             .q("separator")
             .or_else(|| req.q("seperator"))
             .map(str::to_string);
-        return blocking_read(core, req, move |s| {
-            let list = s.kv.keys(&key, sep.as_deref());
-            let idx = s.kv.list_index(&key);
-            if list.is_empty() && !key.is_empty() {
-                (Resp::new(StatusCode::NOT_FOUND, Bytes::new(), None), idx)
-            } else {
-                (json_resp(&json!(list)), idx)
-            }
-        })
+        return blocking_read(
+            core,
+            req,
+            |s| s.kv.list_index(&key),
+            |s| {
+                let list = s.kv.keys(&key, sep.as_deref());
+                let idx = s.kv.list_index(&key);
+                if list.is_empty() && !key.is_empty() {
+                    (Resp::new(StatusCode::NOT_FOUND, Bytes::new(), None), idx)
+                } else {
+                    (json_resp(&json!(list)), idx)
+                }
+            },
+        )
         .await;
     }
     if recurse {
-        return blocking_read(core, req, move |s| {
-            let list = s.kv.list(&key);
-            let idx = s.kv.list_index(&key);
-            if list.is_empty() {
-                (Resp::new(StatusCode::NOT_FOUND, Bytes::new(), None), idx)
-            } else {
-                let items: Vec<Value> = list.iter().map(|e| e.to_json(true)).collect();
-                (json_resp(&Value::Array(items)), idx)
-            }
-        })
+        return blocking_read(
+            core,
+            req,
+            |s| s.kv.list_index(&key),
+            |s| {
+                let list = s.kv.list(&key);
+                let idx = s.kv.list_index(&key);
+                if list.is_empty() {
+                    (Resp::new(StatusCode::NOT_FOUND, Bytes::new(), None), idx)
+                } else {
+                    let items: Vec<Value> = list.iter().map(|e| e.to_json(true)).collect();
+                    (json_resp(&Value::Array(items)), idx)
+                }
+            },
+        )
         .await;
     }
     let raw = req.has("raw");
-    blocking_read(core, req, move |s| {
-        let idx = s.kv.get_index(&key);
-        match s.kv.entries.get(&key) {
-            None => (Resp::new(StatusCode::NOT_FOUND, Bytes::new(), None), idx),
-            Some(e) if raw => (
-                Resp::new(StatusCode::OK, e.value.clone(), Some("text/plain"))
-                    .header("X-Content-Type-Options", "nosniff")
-                    .header("Content-Security-Policy", "sandbox"),
-                idx,
-            ),
-            Some(e) => (json_resp(&json!([e.to_json(true)])), idx),
-        }
-    })
+    blocking_read(
+        core,
+        req,
+        |s| s.kv.get_index(&key),
+        |s| {
+            let idx = s.kv.get_index(&key);
+            match s.kv.entries.get(&key) {
+                None => (Resp::new(StatusCode::NOT_FOUND, Bytes::new(), None), idx),
+                Some(e) if raw => (
+                    Resp::new(StatusCode::OK, e.value.clone(), Some("text/plain"))
+                        .header("X-Content-Type-Options", "nosniff")
+                        .header("Content-Security-Policy", "sandbox"),
+                    idx,
+                ),
+                Some(e) => (json_resp(&json!([e.to_json(true)])), idx),
+            }
+        },
+    )
     .await
 }
 

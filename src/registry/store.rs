@@ -620,6 +620,99 @@ mod tests {
     }
 
     #[test]
+    fn node_level_check_changes_move_every_service_entry_and_delete_moves_services() {
+        let mut s = store();
+        register(&mut s, svc("a1", "a"), vec![]);
+        register(&mut s, svc("b1", "b"), vec![]);
+        let node_check = CheckInput {
+            name: "disk".into(),
+            id: "disk".into(),
+            ..ttl_check()
+        };
+        let i = s
+            .apply(&Command::RegisterCheck {
+                check: Box::new(node_check),
+            })
+            .unwrap()
+            .index
+            .unwrap();
+        assert_eq!(s.idx.checks, i);
+        assert_eq!(s.idx.service["a"], i);
+        assert_eq!(s.idx.service["b"], i);
+        assert_eq!(
+            s.idx.services, 3,
+            "adding a node check leaves services alone"
+        );
+        let j = s
+            .apply(&Command::DeregisterCheck { id: "disk".into() })
+            .unwrap()
+            .index
+            .unwrap();
+        assert_eq!(
+            s.idx.services, j,
+            "deleting a node-level check moves services"
+        );
+        assert_eq!(s.idx.service["a"], j);
+    }
+
+    #[test]
+    fn renaming_an_instance_extinguishes_the_old_name() {
+        let mut s = store();
+        register(&mut s, svc("x1", "old"), vec![]);
+        let i = register(&mut s, svc("x1", "new"), vec![]);
+        assert!(!s.idx.service.contains_key("old"));
+        assert_eq!(s.idx.service_last_extinction, Some(i));
+        assert_eq!(s.idx.service["new"], i);
+        assert_eq!(s.services["x1"].create_index, 2);
+    }
+
+    #[test]
+    fn kv_writes_move_only_kv_entries() {
+        let mut s = store();
+        register(&mut s, svc("a1", "a"), vec![]);
+        let before = s.idx.clone();
+        let i = s
+            .apply(&Command::KvSet {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                flags: 0,
+                cas: None,
+            })
+            .unwrap()
+            .index
+            .unwrap();
+        assert_eq!(s.kv.idx_kvs, i);
+        assert_eq!(s.idx, before);
+        // a failed cas still consumes an index but moves nothing
+        let j = s
+            .apply(&Command::KvSet {
+                key: "k".into(),
+                value: b"w".to_vec(),
+                flags: 0,
+                cas: Some(0),
+            })
+            .unwrap();
+        assert_eq!(j.outcome, Outcome::Bool(false));
+        assert_eq!(j.index, Some(i + 1));
+        assert_eq!(s.kv_table_index(), i);
+    }
+
+    #[test]
+    fn service_bound_check_needs_its_service() {
+        let mut s = store();
+        let c = CheckInput {
+            name: "c".into(),
+            service_id: "nope".into(),
+            ..ttl_check()
+        };
+        assert_eq!(
+            s.apply(&Command::RegisterCheck { check: Box::new(c) }),
+            Err(ApplyError::CheckServiceMissing("nope".into()))
+        );
+        assert_eq!(s.raft_index, 1);
+    }
+
+    #[test]
     fn state_round_trips_through_serde() {
         let mut s = store();
         register(&mut s, svc("web1", "web"), vec![ttl_check()]);
