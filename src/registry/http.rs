@@ -893,7 +893,11 @@ async fn agent(core: &Arc<Core>, req: &Req, p: &str) -> ApiResult {
 async fn ttl_update(core: &Arc<Core>, id: &str, status: &str, output: &str) -> ApiResult {
     let ttl = core.read(|s| s.checks.get(id).map(|c| c.def.ttl));
     let ttl = match ttl {
-        None => return Err(ApplyErrorResp::unknown_check(id)),
+        None => {
+            return Err(ApiError::not_found(
+                ApplyError::UnknownCheck(id.to_string()).to_string(),
+            ));
+        }
         Some(None) => {
             return Err(ApiError::internal(format!(
                 "CheckID {id:?} does not have associated TTL"
@@ -909,14 +913,6 @@ async fn ttl_update(core: &Arc<Core>, id: &str, status: &str, output: &str) -> A
     .await?;
     touch_ttl(core, id, ttl);
     Ok(Resp::empty())
-}
-
-struct ApplyErrorResp;
-
-impl ApplyErrorResp {
-    fn unknown_check(id: &str) -> ApiError {
-        ApiError::not_found(ApplyError::UnknownCheck(id.to_string()).to_string())
-    }
 }
 
 async fn agent_service(core: &Arc<Core>, req: &Req, id: &str) -> ApiResult {

@@ -16,6 +16,22 @@
 //! - [`checks`]: TTL expiry, HTTP/TCP probes, critical-service reaping, tombstone reaping.
 //! - [`http`]: the warp routes.
 //!
+//! Where it knowingly differs from Consul:
+//! - Agent writes reach the catalog synchronously (Consul syncs them asynchronously);
+//!   clients must not rely on either.
+//! - Sessions are not implemented: `acquire`/`release` answer 500 `invalid session "<id>"`
+//!   and the `lock`/`unlock`/`check-session` transaction verbs fail (`missing session` or
+//!   `invalid session`). `/v1/txn` accepts only KV operations.
+//! - `filter`, `near` and `node-meta` are accepted and ignored; ACLs are not enforced
+//!   (`X-Consul-Default-ACL-Policy: allow`); the servers' own `consul` service is not
+//!   registered.
+//! - Script, docker, gRPC and alias checks are stored but not executed. HTTP and TCP
+//!   probes run their first probe immediately instead of after a random stagger.
+//! - A check status update that changes nothing (e.g. a TTL refresh with the same
+//!   output) consumes no raft index, as Consul's agent does not sync it.
+//! - Persistence: if appending to the command log fails, the write has already been
+//!   applied in memory; the client gets a 500 and the change may be lost on restart.
+//!
 //! This module owns the wiring ([`spawn`], [`RunningRegistry`]) and the shared core that
 //! serialises writes, makes them durable and wakes blocked readers. It must not know
 //! anything about HAProxy or flow-proxy's own data.
