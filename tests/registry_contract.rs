@@ -259,14 +259,48 @@ async fn test_client_keys_delete_recurse() {
     r.stop().await;
 }
 
+async fn create_session(r: &Reg, body: Value) -> String {
+    let a = r.put_json("/v1/session/create", body).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.json()["ID"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
-async fn test_client_acquire_release_without_sessions_is_invalid_session() {
+async fn test_client_acquire_release() {
     let r = start().await;
-    let a = r.put("/v1/kv/lock?acquire=1234", "x").await;
+    let id = create_session(&r, json!({})).await;
+    let a = r
+        .put(&format!("/v1/kv/test/lock?acquire={id}"), "locked")
+        .await;
+    assert_eq!(a.text, "true");
+    let v = r.get("/v1/kv/test/lock").await.json();
+    assert_eq!(v[0]["LockIndex"], 1);
+    assert_eq!(v[0]["Session"], id.as_str());
+    // another session cannot take it
+    let other = create_session(&r, json!({"Name": "other"})).await;
+    assert_eq!(
+        r.put(&format!("/v1/kv/test/lock?acquire={other}"), "x")
+            .await
+            .text,
+        "false"
+    );
+    assert_eq!(
+        r.put(&format!("/v1/kv/test/lock?release={other}"), "x")
+            .await
+            .text,
+        "false"
+    );
+    let a = r
+        .put(&format!("/v1/kv/test/lock?release={id}"), "released")
+        .await;
+    assert_eq!(a.text, "true");
+    let v = r.get("/v1/kv/test/lock").await.json();
+    assert_eq!(v[0]["LockIndex"], 1);
+    assert!(v[0].get("Session").is_none());
+    // an unknown session is a 500, as in Consul
+    let a = r.put("/v1/kv/test/lock?acquire=1234", "x").await;
     assert_eq!(a.status, 500);
-    assert!(a.text.contains("invalid session"), "{}", a.text);
-    let a = r.put("/v1/kv/lock?release=1234", "x").await;
-    assert_eq!(a.status, 500);
+    assert_eq!(a.text, "invalid session \"1234\"");
     r.stop().await;
 }
 
@@ -290,6 +324,138 @@ async fn test_client_txn() {
     assert_eq!(errs[0]["OpIndex"], 0);
     assert_eq!(errs[0]["What"], "missing session");
     assert!(errs[1]["What"].as_str().unwrap().contains("doesn't exist"));
+    // with a session both succeed
+    let id = create_session(&r, json!({})).await;
+    let a = r
+        .put_json(
+            "/v1/txn",
+            json!([
+                {"KV": {"Verb": "lock", "Key": "test/key", "Value": b64("hello"), "Session": id}},
+                {"KV": {"Verb": "get", "Key": "test/key"}}
+            ]),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let v = a.json();
+    let results = v["Results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["KV"]["Value"], Value::Null);
+    assert_eq!(results[1]["KV"]["Value"], b64("hello"));
+    for res in results {
+        assert_eq!(res["KV"]["LockIndex"], 1);
+        assert_eq!(res["KV"]["Session"], id.as_str());
+    }
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_create_info_list_destroy_and_behaviours() {
+    let r = start().await;
+    let a = r.get("/v1/session/list").await;
+    assert_eq!(a.json(), json!([]));
+    let idx = a.index();
+    let release = create_session(&r, json!({"Name": "rel", "LockDelay": "1s"})).await;
+    let delete = create_session(&r, json!({"Name": "del", "Behavior": "delete"})).await;
+    let info = r.get(&format!("/v1/session/info/{release}")).await;
+    assert!(info.index() > idx);
+    let v = info.json();
+    assert_eq!(v[0]["Name"], "rel");
+    assert_eq!(v[0]["Node"], "node1");
+    assert_eq!(v[0]["Behavior"], "release");
+    assert_eq!(v[0]["LockDelay"], 1_000_000_000u64);
+    assert_eq!(v[0]["NodeChecks"], json!(["serfHealth"]));
+    assert_eq!(
+        r.get("/v1/session/list")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        r.get("/v1/session/node/node1")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(r.get("/v1/session/info/nope").await.json(), json!([]));
+    r.put(&format!("/v1/kv/s/rel?acquire={release}"), "a").await;
+    r.put(&format!("/v1/kv/s/del?acquire={delete}"), "b").await;
+    assert_eq!(
+        r.put(&format!("/v1/session/destroy/{release}"), "")
+            .await
+            .text,
+        "true"
+    );
+    assert_eq!(
+        r.put(&format!("/v1/session/destroy/{delete}"), "")
+            .await
+            .text,
+        "true"
+    );
+    assert_eq!(r.put("/v1/session/destroy/unknown", "").await.text, "true");
+    let v = r.get("/v1/kv/s/rel").await.json();
+    assert!(v[0].get("Session").is_none(), "release behaviour unlocks");
+    assert_eq!(
+        r.get("/v1/kv/s/del").await.status,
+        404,
+        "delete behaviour deletes"
+    );
+    let a = r
+        .put_json("/v1/session/create", json!({"Behavior": "bogus"}))
+        .await;
+    assert_eq!(
+        (a.status.as_u16(), a.text.as_str()),
+        (400, "Invalid Behavior setting 'bogus'")
+    );
+    let a = r.put_json("/v1/session/create", json!({"TTL": "1s"})).await;
+    assert_eq!(a.status, 400);
+    assert!(a.text.starts_with("Invalid Session TTL"));
+    let a = r
+        .put_json("/v1/session/create", json!({"Node": "elsewhere"}))
+        .await;
+    assert_eq!(
+        (a.status.as_u16(), a.text.as_str()),
+        (500, "Missing node registration")
+    );
+    let a = r.put("/v1/session/renew/nope", "").await;
+    assert_eq!(a.status, 404);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn session_ttl_expiry_releases_locks_unless_renewed() {
+    let r = start_with(RegistryConfig {
+        min_session_ttl: Duration::from_millis(100),
+        ..config()
+    })
+    .await;
+    let kept = create_session(&r, json!({"TTL": "300ms"})).await;
+    let lost = create_session(&r, json!({"TTL": "300ms"})).await;
+    r.put(&format!("/v1/kv/ttl/lost?acquire={lost}"), "x").await;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let a = r.put(&format!("/v1/session/renew/{kept}"), "").await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.json()[0]["ID"], kept.as_str());
+    }
+    let v = r.get("/v1/session/list").await.json();
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [kept.as_str()]);
+    assert!(
+        r.get("/v1/kv/ttl/lost").await.json()[0]
+            .get("Session")
+            .is_none()
+    );
     r.stop().await;
 }
 
@@ -1384,6 +1550,13 @@ async fn state_survives_restart_and_index_never_goes_back() {
         "Check": {"TTL": "60s", "Status": "passing"}}))
         .await;
     r.put("/v1/agent/check/warn/service:s1?note=meh", "").await;
+    let session = create_session(&r, json!({"Name": "persisted"})).await;
+    assert_eq!(
+        r.put(&format!("/v1/kv/locked?acquire={session}"), "l")
+            .await
+            .text,
+        "true"
+    );
     for i in 0..7 {
         r.put(&format!("/v1/kv/many/{i}"), "x").await;
     }
@@ -1408,6 +1581,14 @@ async fn state_survives_restart_and_index_never_goes_back() {
     assert_eq!(v[0]["Checks"][1]["Status"], "warning");
     assert_eq!(v[0]["Checks"][1]["Output"], "meh");
     assert_eq!(r.get("/v1/catalog/services").await.index(), services_idx);
+    assert_eq!(
+        r.get(&format!("/v1/session/info/{session}")).await.json()[0]["Name"],
+        "persisted"
+    );
+    assert_eq!(
+        r.get("/v1/kv/locked").await.json()[0]["Session"],
+        session.as_str()
+    );
     r.put("/v1/kv/after", "1").await;
     let next = r.get("/v1/kv/after").await.index();
     assert!(

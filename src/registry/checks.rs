@@ -59,6 +59,49 @@ pub(crate) fn touch_ttl(core: &Core, check_id: &str, ttl: Duration) {
     core.runner_wake.notify_one();
 }
 
+/// Records a session renewal: it expires after twice its TTL, as Consul allows.
+pub(crate) fn touch_session(core: &Core, id: &str, ttl: Duration) {
+    lock(&core.session_deadlines).insert(id.to_string(), Instant::now() + ttl * 2);
+    core.runner_wake.notify_one();
+}
+
+/// Destroys TTL sessions past their deadline; returns the next deadline.
+async fn expire_sessions(core: &Arc<Core>) -> Option<Instant> {
+    let now = Instant::now();
+    let sessions: Vec<(String, Duration)> = core.read(|s| {
+        s.sessions
+            .values()
+            .filter_map(|r| r.ttl.map(|t| (r.id.clone(), t)))
+            .collect()
+    });
+    let (expired, next) = {
+        let mut deadlines = lock(&core.session_deadlines);
+        deadlines.retain(|id, _| sessions.iter().any(|(s, _)| s == id));
+        for (id, ttl) in &sessions {
+            deadlines.entry(id.clone()).or_insert(now + *ttl * 2);
+        }
+        let expired: Vec<String> = deadlines
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            deadlines.remove(id);
+        }
+        (expired, deadlines.values().min().copied())
+    };
+    for id in expired {
+        tracing::info!(session = %id, "session TTL expired");
+        if let Err(e) = core
+            .write_async(Command::SessionDestroy { id: id.clone() })
+            .await
+        {
+            tracing::warn!(session = %id, error = %e, "session expiry not applied");
+        }
+    }
+    next
+}
+
 struct Probe {
     def: CheckDef,
     handle: JoinHandle<()>,
@@ -159,7 +202,12 @@ pub(crate) async fn run_checks(core: Arc<Core>) {
                 critical_since.entry(c.check_id.clone()).or_insert(now);
             }
         }
-        let sleep_until = next_deadline.unwrap_or_else(|| now + Duration::from_secs(3600));
+        let session_deadline = expire_sessions(&core).await;
+        let sleep_until = [next_deadline, session_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| now + Duration::from_secs(3600));
         tokio::select! {
             () = core.cancel.cancelled() => break,
             changed = rx.changed() => if changed.is_err() { break },

@@ -20,8 +20,9 @@ use warp::http::{HeaderMap, Method, Response, StatusCode};
 
 use super::blocking::{self, BlockingError};
 use super::catalog::{Invalid, parse_check_registration, parse_service_registration};
-use super::checks::{touch_ttl, truncate_output};
+use super::checks::{touch_session, touch_ttl, truncate_output};
 use super::kv::{TxnOp, TxnOutcome};
+use super::session::parse_session_create;
 use super::store::{ApplyError, CRITICAL, Command, Outcome, PASSING, Store, WARNING, non_zero};
 use super::{Core, WriteError};
 
@@ -406,6 +407,9 @@ async fn route(core: &Arc<Core>, req: &Req) -> ApiResult {
     if let Some(rest) = p.strip_prefix("agent/") {
         return agent(core, req, rest).await;
     }
+    if let Some(rest) = p.strip_prefix("session/") {
+        return session(core, req, rest).await;
+    }
     match p {
         "catalog/services" => {
             allow(req, &["GET"])?;
@@ -588,12 +592,6 @@ async fn kv_put(core: &Arc<Core>, req: &Req, key: &str) -> ApiResult {
     }
     let flags = parse_u64_param(req, "flags")?.unwrap_or(0);
     let cas = parse_u64_param(req, "cas")?;
-    if let Some(session) = req.q("acquire").or_else(|| req.q("release")) {
-        if session.is_empty() {
-            return Err(ApiError::internal("missing session"));
-        }
-        return Err(ApiError::internal(format!("invalid session {session:?}")));
-    }
     if req.body.len() > MAX_KV_VALUE {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -603,11 +601,33 @@ async fn kv_put(core: &Arc<Core>, req: &Req, key: &str) -> ApiResult {
             ),
         ));
     }
-    let cmd = Command::KvSet {
-        key: key.to_string(),
-        value: req.body.to_vec(),
-        flags,
-        cas,
+    let cmd = if let Some(session) = req.q("acquire") {
+        if session.is_empty() {
+            return Err(ApiError::internal("missing session"));
+        }
+        Command::KvAcquire {
+            key: key.to_string(),
+            value: req.body.to_vec(),
+            flags,
+            session: session.to_string(),
+        }
+    } else if let Some(session) = req.q("release") {
+        if session.is_empty() {
+            return Err(ApiError::internal("missing session"));
+        }
+        Command::KvRelease {
+            key: key.to_string(),
+            value: req.body.to_vec(),
+            flags,
+            session: session.to_string(),
+        }
+    } else {
+        Command::KvSet {
+            key: key.to_string(),
+            value: req.body.to_vec(),
+            flags,
+            cas,
+        }
     };
     outcome_bool(core.write_async(cmd).await?.outcome)
 }
@@ -723,7 +743,10 @@ async fn txn(core: &Arc<Core>, req: &Req) -> ApiResult {
     let ops = parse_txn(&req.body)?;
     if !ops.iter().any(TxnOp::is_write) {
         // Read-only: no raft write, no index header.
-        let outcome = core.read(|s| s.kv.clone().txn(s.raft_index, &ops));
+        let outcome = core.read(|s| {
+            let sessions = s.sessions.keys().cloned().collect();
+            s.kv.clone().txn(s.raft_index, &ops, &sessions)
+        });
         return Ok(txn_resp(outcome)
             .header("X-Consul-KnownLeader", "true")
             .header("X-Consul-LastContact", "0"));
@@ -886,6 +909,90 @@ async fn agent(core: &Arc<Core>, req: &Req, p: &str) -> ApiResult {
         };
         r.status = code;
         return Ok(r);
+    }
+    Err(unknown_path())
+}
+
+fn random_uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+async fn session(core: &Arc<Core>, req: &Req, p: &str) -> ApiResult {
+    if p == "create" {
+        allow(req, &["PUT"])?;
+        let body = parse_body(req)?;
+        let node = core.read(|s| s.node.name.clone());
+        let rec = parse_session_create(&body, random_uuid(), &node, core.config.min_session_ttl)?;
+        let (id, ttl) = (rec.id.clone(), rec.ttl);
+        core.write_async(Command::SessionCreate {
+            session: Box::new(rec),
+        })
+        .await?;
+        if let Some(ttl) = ttl {
+            touch_session(core, &id, ttl);
+        }
+        return Ok(json_resp(&json!({"ID": id})));
+    }
+    if let Some(id) = p.strip_prefix("destroy/") {
+        allow(req, &["PUT"])?;
+        core.write_async(Command::SessionDestroy { id: id.to_string() })
+            .await?;
+        return Ok(bool_resp(true));
+    }
+    if let Some(id) = p.strip_prefix("renew/") {
+        allow(req, &["PUT"])?;
+        let found = core.read(|s| s.sessions.get(id).map(|r| (r.to_json(), r.ttl)));
+        let Some((v, ttl)) = found else {
+            return Err(ApiError::not_found(format!("Session id '{id}' not found")));
+        };
+        if let Some(ttl) = ttl {
+            touch_session(core, id, ttl);
+        }
+        return Ok(json_resp(&json!([v])));
+    }
+    if let Some(id) = p.strip_prefix("info/") {
+        allow(req, &["GET"])?;
+        return blocking_read(
+            core,
+            req,
+            |s| s.idx.sessions,
+            |s| (json_resp(&s.sessions_json(|r| r.id == id)), s.idx.sessions),
+        )
+        .await;
+    }
+    if let Some(node) = p.strip_prefix("node/") {
+        allow(req, &["GET"])?;
+        return blocking_read(
+            core,
+            req,
+            |s| s.idx.sessions,
+            |s| {
+                (
+                    json_resp(&s.sessions_json(|r| r.node == node)),
+                    s.idx.sessions,
+                )
+            },
+        )
+        .await;
+    }
+    if p == "list" {
+        allow(req, &["GET"])?;
+        return blocking_read(
+            core,
+            req,
+            |s| s.idx.sessions,
+            |s| (json_resp(&s.sessions_json(|_| true)), s.idx.sessions),
+        )
+        .await;
     }
     Err(unknown_path())
 }

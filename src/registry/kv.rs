@@ -5,7 +5,7 @@
 //! the index a KV read must report (section 12.2). Must not: do IO, read clocks, parse
 //! HTTP, or touch catalog state. Sessions are not implemented: verbs that need one fail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -228,6 +228,84 @@ impl KvState {
         self.idx_kvs = idx;
     }
 
+    /// `acquire=<session>`: takes the lock if free (incrementing `LockIndex`), or updates
+    /// the value if `session` already holds it; `false` if another session holds it.
+    /// The caller checks that the session exists.
+    pub fn acquire(
+        &mut self,
+        idx: u64,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        session: &str,
+    ) -> bool {
+        let existing = self.entries.get(key);
+        let (lock_index, create_index) = match existing {
+            Some(e) => match e.session.as_deref() {
+                Some(s) if s != session => return false,
+                Some(_) => (e.lock_index, e.create_index),
+                None => (e.lock_index + 1, e.create_index),
+            },
+            None => (1, idx),
+        };
+        self.entries.insert(
+            key.to_string(),
+            KvEntry {
+                key: key.to_string(),
+                value: value.to_vec(),
+                flags,
+                lock_index,
+                session: Some(session.to_string()),
+                create_index,
+                modify_index: idx,
+            },
+        );
+        self.idx_kvs = idx;
+        true
+    }
+
+    /// `release=<session>`: clears the lock (keeping `LockIndex`) if `session` holds it.
+    pub fn release(
+        &mut self,
+        idx: u64,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        session: &str,
+    ) -> bool {
+        let Some(e) = self.entries.get_mut(key) else {
+            return false;
+        };
+        if e.session.as_deref() != Some(session) {
+            return false;
+        }
+        e.session = None;
+        e.value = value.to_vec();
+        e.flags = flags;
+        e.modify_index = idx;
+        self.idx_kvs = idx;
+        true
+    }
+
+    /// Invalidates a session's locks: released, or deleted with `delete` behaviour.
+    pub fn invalidate_session(&mut self, idx: u64, session: &str, delete: bool) {
+        let held: Vec<String> = self
+            .entries
+            .values()
+            .filter(|e| e.session.as_deref() == Some(session))
+            .map(|e| e.key.clone())
+            .collect();
+        for key in held {
+            if delete {
+                self.delete(idx, &key, None);
+            } else if let Some(e) = self.entries.get_mut(&key) {
+                e.session = None;
+                e.modify_index = idx;
+                self.idx_kvs = idx;
+            }
+        }
+    }
+
     /// Drops tombstones created at or below `up_to`.
     pub fn reap(&mut self, up_to: u64) {
         self.tombstones.retain(|_, i| *i > up_to);
@@ -239,12 +317,12 @@ impl KvState {
     }
 
     /// Applies a transaction atomically at `idx`.
-    pub fn txn(&mut self, idx: u64, ops: &[TxnOp]) -> TxnOutcome {
+    pub fn txn(&mut self, idx: u64, ops: &[TxnOp], sessions: &BTreeSet<String>) -> TxnOutcome {
         let mut work = self.clone();
         let mut results = Vec::new();
         let mut errors = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            match work.txn_op(idx, op) {
+            match work.txn_op(idx, op, sessions) {
                 Ok(Some(serde_json::Value::Array(items))) => results.extend(items),
                 Ok(Some(r)) => results.push(r),
                 Ok(None) => {}
@@ -259,7 +337,12 @@ impl KvState {
         }
     }
 
-    fn txn_op(&mut self, idx: u64, op: &TxnOp) -> Result<Option<serde_json::Value>, String> {
+    fn txn_op(
+        &mut self,
+        idx: u64,
+        op: &TxnOp,
+        sessions: &BTreeSet<String>,
+    ) -> Result<Option<serde_json::Value>, String> {
         let key = op.key.as_str();
         let blank = |e: &KvEntry| Some(serde_json::json!({"KV": e.to_json(false)}));
         match op.verb.as_str() {
@@ -337,10 +420,40 @@ impl KvState {
                 }
             }
             "lock" | "unlock" | "check-session" => {
-                if op.session.is_empty() {
-                    Err("missing session".to_string())
-                } else {
-                    Err(format!("invalid session {:?}", op.session))
+                let session = op.session.as_str();
+                if session.is_empty() {
+                    return Err("missing session".to_string());
+                }
+                if op.verb != "check-session" && !sessions.contains(session) {
+                    return Err(format!("invalid session {session:?}"));
+                }
+                match op.verb.as_str() {
+                    "lock" => {
+                        if self.acquire(idx, key, &op.value, op.flags, session) {
+                            Ok(self.entries.get(key).and_then(blank))
+                        } else {
+                            Err(format!("failed to lock key {key:?}, lock is already held"))
+                        }
+                    }
+                    "unlock" => {
+                        if self.release(idx, key, &op.value, op.flags, session) {
+                            Ok(self.entries.get(key).and_then(blank))
+                        } else {
+                            Err(format!(
+                                "failed to unlock key {key:?}, lock isn't held, or is held by another session"
+                            ))
+                        }
+                    }
+                    _ => match self.entries.get(key) {
+                        None => Err(format!(
+                            "failed to check session, key {key:?} doesn't exist"
+                        )),
+                        Some(e) if e.session.as_deref() != Some(session) => Err(format!(
+                            "failed session check for key {key:?}, current session {:?} != {session:?}",
+                            e.session.clone().unwrap_or_default()
+                        )),
+                        Some(e) => Ok(blank(e)),
+                    },
                 }
             }
             other => Err(format!("unknown KV verb {other:?}")),
@@ -351,6 +464,51 @@ impl KvState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn txn_no_sessions(kv: &mut KvState, idx: u64, ops: &[TxnOp]) -> TxnOutcome {
+        kv.txn(idx, ops, &BTreeSet::new())
+    }
+
+    #[test]
+    fn acquire_release_and_session_txn_verbs() {
+        let mut kv = KvState::default();
+        assert!(kv.acquire(2, "l", b"a", 0, "s1"));
+        assert_eq!(kv.entries["l"].lock_index, 1);
+        assert!(
+            kv.acquire(3, "l", b"b", 0, "s1"),
+            "re-acquire by the holder"
+        );
+        assert_eq!(kv.entries["l"].lock_index, 1);
+        assert!(!kv.acquire(4, "l", b"c", 0, "s2"));
+        assert!(!kv.release(5, "l", b"c", 0, "s2"));
+        assert!(kv.release(6, "l", b"d", 0, "s1"));
+        assert_eq!(kv.entries["l"].session, None);
+        assert_eq!(kv.entries["l"].lock_index, 1);
+        assert!(kv.acquire(7, "l", b"e", 0, "s2"));
+        assert_eq!(kv.entries["l"].lock_index, 2);
+        kv.invalidate_session(8, "s2", false);
+        assert_eq!(kv.entries["l"].session, None);
+        assert!(kv.acquire(9, "l", b"e", 0, "s3"));
+        kv.invalidate_session(10, "s3", true);
+        assert!(!kv.entries.contains_key("l"));
+        assert_eq!(kv.tombstones["l"], 10);
+        let sessions: BTreeSet<String> = ["s1".to_string()].into();
+        let mut lock = op("lock", "m", b"v", 0);
+        lock.session = "s1".into();
+        let mut check = op("check-session", "m", b"", 0);
+        check.session = "s1".into();
+        let TxnOutcome::Committed(r) = kv.txn(11, &[lock, check], &sessions) else {
+            panic!("must commit")
+        };
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0]["KV"]["Session"], "s1");
+        let mut bad = op("lock", "m", b"v", 0);
+        bad.session = "nope".into();
+        let TxnOutcome::RolledBack(e) = kv.txn(12, &[bad], &sessions) else {
+            panic!("must roll back")
+        };
+        assert_eq!(e[0].1, "invalid session \"nope\"");
+    }
 
     fn op(verb: &str, key: &str, value: &[u8], index: u64) -> TxnOp {
         TxnOp {
@@ -452,7 +610,8 @@ mod tests {
         let mut kv = KvState::default();
         kv.set(2, "a", b"1", 0, None);
         let before = kv.clone();
-        let out = kv.txn(
+        let out = txn_no_sessions(
+            &mut kv,
             3,
             &[
                 op("set", "b", b"2", 0),
@@ -469,7 +628,8 @@ mod tests {
             TxnOutcome::Committed(_) => panic!("must roll back"),
         }
         assert_eq!(kv, before);
-        let out = kv.txn(
+        let out = txn_no_sessions(
+            &mut kv,
             4,
             &[
                 op("check-index", "a", b"", 2),
@@ -495,9 +655,11 @@ mod tests {
     #[test]
     fn txn_lock_without_session_fails() {
         let mut kv = KvState::default();
-        let TxnOutcome::RolledBack(errs) =
-            kv.txn(2, &[op("lock", "k", b"v", 0), op("get", "k", b"", 0)])
-        else {
+        let TxnOutcome::RolledBack(errs) = txn_no_sessions(
+            &mut kv,
+            2,
+            &[op("lock", "k", b"v", 0), op("get", "k", b"", 0)],
+        ) else {
             panic!("must roll back")
         };
         assert_eq!(errs[0], (0, "missing session".to_string()));

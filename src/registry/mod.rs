@@ -13,15 +13,16 @@
 //! - [`blocking`]: `index`/`wait` parsing and the wait loop.
 //! - [`duration`]: Go duration parsing.
 //! - [`persist`]: command log and snapshots.
+//! - [`session`]: sessions and the locks they hold.
 //! - [`checks`]: TTL expiry, HTTP/TCP probes, critical-service reaping, tombstone reaping.
 //! - [`http`]: the warp routes.
 //!
 //! Where it knowingly differs from Consul:
 //! - Agent writes reach the catalog synchronously (Consul syncs them asynchronously);
 //!   clients must not rely on either.
-//! - Sessions are not implemented: `acquire`/`release` answer 500 `invalid session "<id>"`
-//!   and the `lock`/`unlock`/`check-session` transaction verbs fail (`missing session` or
-//!   `invalid session`). `/v1/txn` accepts only KV operations.
+//! - Sessions have no lock delay, and only TTL expiry or destruction invalidates them
+//!   (a linked check turning critical does not). A TTL session expires after twice its
+//!   TTL without renewal, as Consul allows. `/v1/txn` accepts only KV operations.
 //! - `filter`, `near` and `node-meta` are accepted and ignored; ACLs are not enforced
 //!   (`X-Consul-Default-ACL-Policy: allow`); the servers' own `consul` service is not
 //!   registered.
@@ -43,6 +44,7 @@ pub mod duration;
 pub mod http;
 pub mod kv;
 pub mod persist;
+pub mod session;
 pub mod store;
 
 use std::collections::HashMap;
@@ -72,6 +74,8 @@ pub struct RegistryConfig {
     pub check_reap_interval: Duration,
     /// Lower bound applied to `DeregisterCriticalServiceAfter`.
     pub min_deregister_critical_after: Duration,
+    /// Shortest session TTL accepted (Consul: 10 s).
+    pub min_session_ttl: Duration,
     /// Upper bound on the wait for open connections and tasks at shutdown.
     pub shutdown_grace: Duration,
     /// Command-log records after which a snapshot is written and the log emptied.
@@ -96,6 +100,7 @@ impl Default for RegistryConfig {
             tombstone_ttl: Duration::from_secs(15 * 60),
             check_reap_interval: Duration::from_secs(30),
             min_deregister_critical_after: Duration::from_secs(60),
+            min_session_ttl: session::MIN_TTL,
             shutdown_grace: Duration::from_secs(10),
             compact_after_records: 1000,
         }
@@ -140,6 +145,8 @@ pub(crate) struct Core {
     pub(crate) cancel: CancellationToken,
     /// TTL check deadlines (check ID -> when it turns critical).
     pub(crate) ttl_deadlines: Mutex<HashMap<String, Instant>>,
+    /// TTL session deadlines (session ID -> when it is invalidated).
+    pub(crate) session_deadlines: Mutex<HashMap<String, Instant>>,
     /// Wakes the check runner (TTL refreshes).
     pub(crate) runner_wake: Notify,
 }
@@ -256,6 +263,7 @@ pub async fn spawn(
         config,
         cancel: CancellationToken::new(),
         ttl_deadlines: Mutex::new(HashMap::new()),
+        session_deadlines: Mutex::new(HashMap::new()),
         runner_wake: Notify::new(),
     });
     let routes = http::routes(Arc::clone(&core));

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{CheckInput, ServiceDef};
 use super::kv::{KvState, TxnOp, TxnOutcome};
+use super::session::SessionRec;
 
 /// Health status strings, as Consul spells them.
 pub const PASSING: &str = "passing";
@@ -123,6 +124,8 @@ pub struct Indexes {
     pub checks: u64,
     pub kvs: u64,
     pub tombstones: u64,
+    #[serde(default)]
+    pub sessions: u64,
     /// `service.<name>` entries.
     pub service: BTreeMap<String, u64>,
     /// `service_last_extinction`, once set.
@@ -178,6 +181,29 @@ pub enum Command {
     ReapTombstones {
         up_to: u64,
     },
+    /// `?acquire=<session>`.
+    KvAcquire {
+        key: String,
+        #[serde(with = "super::kv::b64")]
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    /// `?release=<session>`.
+    KvRelease {
+        key: String,
+        #[serde(with = "super::kv::b64")]
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    SessionCreate {
+        session: Box<SessionRec>,
+    },
+    /// Destroys (invalidates) a session; unknown IDs are a no-op.
+    SessionDestroy {
+        id: String,
+    },
 }
 
 /// Why a write was refused (no index consumed).
@@ -193,6 +219,14 @@ pub enum ApplyError {
     CheckServiceMissing(String),
     #[error("CheckID {0:?} does not have associated TTL")]
     NotTtl(String),
+    #[error("invalid session {0:?}")]
+    InvalidSession(String),
+    #[error("Missing node registration")]
+    MissingNode,
+    #[error("Missing check '{0}' registration")]
+    MissingCheck(String),
+    #[error("Check '{0}' is in critical state")]
+    CriticalCheck(String),
 }
 
 /// What an accepted write returned.
@@ -224,6 +258,8 @@ pub struct Store {
     pub services: BTreeMap<String, ServiceRec>,
     pub checks: BTreeMap<String, CheckRec>,
     pub kv: KvState,
+    #[serde(default)]
+    pub sessions: BTreeMap<String, SessionRec>,
 }
 
 impl Store {
@@ -247,6 +283,7 @@ impl Store {
             services: BTreeMap::new(),
             checks: BTreeMap::new(),
             kv: KvState::default(),
+            sessions: BTreeMap::new(),
         };
         store.checks.insert(
             SERF_CHECK_ID.to_string(),
@@ -283,7 +320,40 @@ impl Store {
                 self.kv.delete_tree(next, prefix);
                 Outcome::Bool(true)
             }
-            Command::Txn { ops } => Outcome::Txn(self.kv.txn(next, ops)),
+            Command::Txn { ops } => {
+                let sessions: BTreeSet<String> = self.sessions.keys().cloned().collect();
+                Outcome::Txn(self.kv.txn(next, ops, &sessions))
+            }
+            Command::KvAcquire {
+                key,
+                value,
+                flags,
+                session,
+            } => {
+                if !self.sessions.contains_key(session) {
+                    return Err(ApplyError::InvalidSession(session.clone()));
+                }
+                Outcome::Bool(self.kv.acquire(next, key, value, *flags, session))
+            }
+            Command::KvRelease {
+                key,
+                value,
+                flags,
+                session,
+            } => {
+                if !self.sessions.contains_key(session) {
+                    return Err(ApplyError::InvalidSession(session.clone()));
+                }
+                Outcome::Bool(self.kv.release(next, key, value, *flags, session))
+            }
+            Command::SessionCreate { session } => {
+                self.create_session(next, session)?;
+                Outcome::Done
+            }
+            Command::SessionDestroy { id } => {
+                self.destroy_session(next, id);
+                Outcome::Bool(true)
+            }
             Command::RegisterService {
                 service,
                 checks,
