@@ -1499,6 +1499,18 @@ async fn conventions_paths_methods_consistency_dc_status() {
         a.header("X-Consul-Effective-Consistency"),
         Some("consistent")
     );
+    for p in [
+        "/v1/catalog/service/",
+        "/v1/health/service/",
+        "/v1/health/checks/",
+    ] {
+        let a = r.get(p).await;
+        assert_eq!(
+            (a.status.as_u16(), a.text.as_str()),
+            (400, "Missing service name"),
+            "{p}"
+        );
+    }
     let a = r.get("/v1/catalog/services?dc=dc2").await;
     assert_eq!(
         (a.status.as_u16(), a.text.as_str()),

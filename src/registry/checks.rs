@@ -4,8 +4,9 @@
 //! Owns: timers and probes, turning their results into [`Command`]s. TTL checks turn
 //! critical when not refreshed within their TTL; HTTP checks are 2xx → passing,
 //! 429 → warning, anything else (or an error/timeout) → critical; TCP checks are passing
-//! when a connection opens. Probes run at their `Interval` with their `Timeout` (default
-//! 10 s); the first probe runs as soon as the check is seen. Script, docker and gRPC
+//! when a connection opens. Probes run at their `Interval` (raised to the configured
+//! minimum, 1 s like Consul's) with their `Timeout` (default 10 s); the first probe runs
+//! as soon as the check is seen. Script, docker and gRPC
 //! checks are stored but not executed: their status stays as registered or as updated
 //! through the API. HTTPS probes use rustls with ring (installed as the process default
 //! provider if none is set) and honour `TLSSkipVerify` only as far as the TLS stack
@@ -251,7 +252,10 @@ async fn reap_critical(core: &Arc<Core>, checks: &[CheckRec], since: &HashMap<St
 }
 
 async fn probe_loop(core: Arc<Core>, id: String, def: CheckDef, client: Option<reqwest::Client>) {
-    let interval = def.interval.unwrap_or(Duration::from_secs(10));
+    let interval = def
+        .interval
+        .unwrap_or(Duration::from_secs(10))
+        .max(core.config.min_check_interval);
     let timeout = def.timeout.unwrap_or(DEFAULT_TIMEOUT);
     loop {
         let (status, output) = if let Some(url) = &def.http {

@@ -314,6 +314,9 @@ async fn route(core: &Arc<Core>, req: &Req) -> ApiResult {
     }
     if let Some(name) = p.strip_prefix("catalog/service/") {
         allow(req, &["GET"])?;
+        if name.is_empty() {
+            return Err(ApiError::bad("Missing service name"));
+        }
         let tags = req.all("tag");
         let name = name.to_string();
         return blocking_read(
@@ -329,6 +332,9 @@ async fn route(core: &Arc<Core>, req: &Req) -> ApiResult {
     }
     if let Some(name) = p.strip_prefix("health/service/") {
         allow(req, &["GET"])?;
+        if name.is_empty() {
+            return Err(ApiError::bad("Missing service name"));
+        }
         let passing = match req.q("passing") {
             None => false,
             Some(v) => {
@@ -370,6 +376,9 @@ async fn route(core: &Arc<Core>, req: &Req) -> ApiResult {
     }
     if let Some(name) = p.strip_prefix("health/checks/") {
         allow(req, &["GET"])?;
+        if name.is_empty() {
+            return Err(ApiError::bad("Missing service name"));
+        }
         let name = name.to_string();
         return blocking_read(
             core,

@@ -74,6 +74,8 @@ pub struct RegistryConfig {
     pub check_reap_interval: Duration,
     /// Lower bound applied to `DeregisterCriticalServiceAfter`.
     pub min_deregister_critical_after: Duration,
+    /// HTTP and TCP check intervals below this are raised to it (Consul: 1 s).
+    pub min_check_interval: Duration,
     /// Shortest session TTL accepted (Consul: 10 s).
     pub min_session_ttl: Duration,
     /// Upper bound on the wait for open connections and tasks at shutdown.
@@ -100,6 +102,7 @@ impl Default for RegistryConfig {
             tombstone_ttl: Duration::from_secs(15 * 60),
             check_reap_interval: Duration::from_secs(30),
             min_deregister_critical_after: Duration::from_secs(60),
+            min_check_interval: Duration::from_secs(1),
             min_session_ttl: session::MIN_TTL,
             shutdown_grace: Duration::from_secs(10),
             compact_after_records: 1000,
