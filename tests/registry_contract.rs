@@ -1292,7 +1292,12 @@ async fn tiny_http_server() -> (std::net::SocketAddr, tokio_util::sync::Cancella
     let token = tokio_util::sync::CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let route = warp::path("health").map(|| "ok");
+    let health = warp::path("health").map(|| "ok");
+    let busy = warp::path("busy")
+        .map(|| warp::reply::with_status("slow down", warp::http::StatusCode::TOO_MANY_REQUESTS));
+    let broken = warp::path("broken")
+        .map(|| warp::reply::with_status("oops", warp::http::StatusCode::INTERNAL_SERVER_ERROR));
+    let route = health.or(busy).or(broken);
     let server = warp::serve(route)
         .incoming(listener)
         .graceful(token.clone().cancelled_owned());
@@ -1324,6 +1329,28 @@ async fn http_check_turns_critical_when_server_stops() {
     token.cancel();
     let c = wait_for_status(&r, "service:web", "critical", Duration::from_secs(5)).await;
     assert_eq!(c["Type"], "http");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn http_check_maps_429_to_warning_and_5xx_to_critical() {
+    let (addr, token) = tiny_http_server().await;
+    let r = start().await;
+    r.register(
+        json!({"Name": "busy", "Check": {"HTTP": format!("http://{addr}/busy"),
+        "Interval": "10s", "Status": "passing"}}),
+    )
+    .await;
+    r.register(
+        json!({"Name": "broken", "Check": {"HTTP": format!("http://{addr}/broken"),
+        "Interval": "10s", "Status": "passing"}}),
+    )
+    .await;
+    let c = wait_for_status(&r, "service:busy", "warning", Duration::from_secs(5)).await;
+    assert!(c["Output"].as_str().unwrap().contains("429"), "{c}");
+    let c = wait_for_status(&r, "service:broken", "critical", Duration::from_secs(5)).await;
+    assert!(c["Output"].as_str().unwrap().contains("500"), "{c}");
+    token.cancel();
     r.stop().await;
 }
 

@@ -258,6 +258,10 @@ pub async fn spawn(
         }
         None => (fresh(), None),
     };
+    // The configured node name and datacenter win over recovered ones.
+    let mut store = store;
+    store.node.name = config.node_name.clone();
+    store.node.datacenter = config.datacenter.clone();
     let (index_tx, _) = watch::channel(store.raft_index);
     let core = Arc::new(Core {
         durable: durable.is_some(),
