@@ -738,6 +738,35 @@ async fn test_api_health_service_single_and_multiple_tags() {
 }
 
 #[tokio::test]
+async fn test_api_health_service_consul_service_option() {
+    let r = start_with(RegistryConfig {
+        register_consul_service: true,
+        ..config()
+    })
+    .await;
+    let v = r.get("/v1/health/service/consul").await.json();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert!(v[0]["Node"]["TaggedAddresses"]["wan"].is_string());
+    assert_eq!(v[0]["Node"]["Datacenter"], "dc1");
+    assert_eq!(v[0]["Service"]["Port"], 8300);
+    let services = r.get("/v1/catalog/services").await;
+    assert_eq!(services.json(), json!({"consul": []}));
+    // the agent does not own it
+    assert_eq!(r.get("/v1/agent/services").await.json(), json!({}));
+    assert_eq!(
+        r.put("/v1/agent/service/deregister/consul", "")
+            .await
+            .status,
+        404
+    );
+    r.stop().await;
+    // without the option it is absent
+    let r = start().await;
+    assert_eq!(r.get("/v1/health/service/consul").await.json(), json!([]));
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn test_api_health_state() {
     let r = start().await;
     let a = r.get("/v1/health/state/any").await;

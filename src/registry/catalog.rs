@@ -426,6 +426,7 @@ impl Store {
                     def: def.clone(),
                     create_index: prev.as_ref().map_or(idx, |p| p.create_index),
                     modify_index: idx,
+                    server_owned: false,
                 },
             );
             self.idx.services = idx;
@@ -470,7 +471,7 @@ impl Store {
     }
 
     pub(crate) fn deregister_service(&mut self, idx: u64, id: &str) -> Result<(), ApplyError> {
-        let Some(rec) = self.services.get(id).cloned() else {
+        let Some(rec) = self.services.get(id).filter(|r| r.on_agent()).cloned() else {
             return Err(ApplyError::UnknownService(id.to_string()));
         };
         let bound: Vec<String> = self
@@ -496,7 +497,11 @@ impl Store {
         let svc = if input.service_id.is_empty() {
             None
         } else {
-            match self.services.get(&input.service_id) {
+            match self
+                .services
+                .get(&input.service_id)
+                .filter(|s| s.on_agent())
+            {
                 Some(s) => Some(s.def.clone()),
                 None => return Err(ApplyError::CheckServiceMissing(input.service_id.clone())),
             }
@@ -527,7 +532,12 @@ impl Store {
         enable: bool,
         reason: &str,
     ) -> Result<(), ApplyError> {
-        let Some(svc) = self.services.get(id).map(|s| s.def.clone()) else {
+        let Some(svc) = self
+            .services
+            .get(id)
+            .filter(|s| s.on_agent())
+            .map(|s| s.def.clone())
+        else {
             return Err(ApplyError::UnknownService(id.to_string()));
         };
         let check_id = format!("{SERVICE_MAINT_PREFIX}{id}");
@@ -826,6 +836,7 @@ impl Store {
         let m: Map<String, Value> = self
             .services
             .iter()
+            .filter(|(_, rec)| rec.on_agent())
             .map(|(id, rec)| (id.clone(), self.agent_service_json(rec)))
             .collect();
         Value::Object(m)
@@ -851,7 +862,7 @@ impl Store {
 
     /// `/v1/agent/health/service/id/:id`: aggregated status and body, `None` if unknown.
     pub fn agent_service_health(&self, id: &str) -> Option<(String, Value)> {
-        let rec = self.services.get(id)?;
+        let rec = self.services.get(id).filter(|r| r.on_agent())?;
         let checks: Vec<&CheckRec> = self
             .checks
             .values()

@@ -1038,7 +1038,12 @@ async fn agent_service(core: &Arc<Core>, req: &Req, id: &str) -> ApiResult {
     let rx = core.subscribe();
     let id = id.to_string();
     let found = blocking::block_until(rx, !want.is_empty(), timeout, &core.cancel, || {
-        let v = core.read(|s| s.services.get(&id).map(|r| s.agent_service_json(r)));
+        let v = core.read(|s| {
+            s.services
+                .get(&id)
+                .filter(|r| r.on_agent())
+                .map(|r| s.agent_service_json(r))
+        });
         let out = v.map(|mut v| {
             let hash = content_hash(&v);
             v["ContentHash"] = Value::String(hash.clone());

@@ -24,8 +24,8 @@
 //!   (a linked check turning critical does not). A TTL session expires after twice its
 //!   TTL without renewal, as Consul allows. `/v1/txn` accepts only KV operations.
 //! - `filter`, `near` and `node-meta` are accepted and ignored; ACLs are not enforced
-//!   (`X-Consul-Default-ACL-Policy: allow`); the servers' own `consul` service is not
-//!   registered.
+//!   (`X-Consul-Default-ACL-Policy: allow`); the servers' own `consul` service is only
+//!   shown with [`RegistryConfig::register_consul_service`].
 //! - Script, docker, gRPC and alias checks are stored but not executed. HTTP and TCP
 //!   probes run their first probe immediately instead of after a random stagger.
 //! - A check status update that changes nothing (e.g. a TTL refresh with the same
@@ -74,6 +74,9 @@ pub struct RegistryConfig {
     pub check_reap_interval: Duration,
     /// Lower bound applied to `DeregisterCriticalServiceAfter`.
     pub min_deregister_critical_after: Duration,
+    /// Show the servers' own `consul` service in the catalog, as a real cluster does
+    /// (decided when the state is first created).
+    pub register_consul_service: bool,
     /// HTTP and TCP check intervals below this are raised to it (Consul: 1 s).
     pub min_check_interval: Duration,
     /// Shortest session TTL accepted (Consul: 10 s).
@@ -102,6 +105,7 @@ impl Default for RegistryConfig {
             tombstone_ttl: Duration::from_secs(15 * 60),
             check_reap_interval: Duration::from_secs(30),
             min_deregister_critical_after: Duration::from_secs(60),
+            register_consul_service: false,
             min_check_interval: Duration::from_secs(1),
             min_session_ttl: session::MIN_TTL,
             shutdown_grace: Duration::from_secs(10),
@@ -247,7 +251,15 @@ pub async fn spawn(
     checks::ensure_crypto_provider();
     let node_name = config.node_name.clone();
     let datacenter = config.datacenter.clone();
-    let fresh = move || Store::new(random_node_id(), node_name, datacenter);
+    let with_consul = config.register_consul_service;
+    let fresh = move || {
+        let store = Store::new(random_node_id(), node_name, datacenter);
+        if with_consul {
+            store.with_consul_service()
+        } else {
+            store
+        }
+    };
     let (store, durable) = match config.data_dir.clone() {
         Some(dir) => {
             let every = config.compact_after_records;

@@ -114,6 +114,16 @@ pub struct ServiceRec {
     pub def: ServiceDef,
     pub create_index: u64,
     pub modify_index: u64,
+    /// The servers' own `consul` service: in the catalog, not on the agent.
+    #[serde(default)]
+    pub server_owned: bool,
+}
+
+impl ServiceRec {
+    /// Whether the agent endpoints see this instance.
+    pub fn on_agent(&self) -> bool {
+        !self.server_owned
+    }
 }
 
 /// The index table.
@@ -303,6 +313,41 @@ impl Store {
             },
         );
         store
+    }
+
+    /// Adds the servers' own `consul` service at index 1, as a real cluster shows it.
+    pub fn with_consul_service(mut self) -> Store {
+        let meta = [
+            ("non_voter", "false"),
+            ("raft_version", "3"),
+            ("read_replica", "false"),
+            ("serf_protocol_current", "2"),
+            ("serf_protocol_max", "5"),
+            ("serf_protocol_min", "1"),
+            ("version", "1.21.0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let def = ServiceDef {
+            id: "consul".to_string(),
+            name: "consul".to_string(),
+            port: 8300,
+            meta,
+            ..ServiceDef::default()
+        };
+        self.services.insert(
+            def.id.clone(),
+            ServiceRec {
+                def,
+                create_index: 1,
+                modify_index: 1,
+                server_owned: true,
+            },
+        );
+        self.idx.services = 1;
+        self.idx.service.insert("consul".to_string(), 1);
+        self
     }
 
     /// Applies one write. On `Err` nothing changed and no index was consumed.
