@@ -1498,6 +1498,52 @@ async fn blocking_protocol() {
 }
 
 #[tokio::test]
+async fn many_blocked_queries_wake_only_for_their_scope() {
+    let r = start().await;
+    r.put("/v1/kv/hot", "0").await;
+    r.register(json!({"Name": "quiet"})).await;
+    let kv_idx = r.get("/v1/kv/hot").await.index();
+    let svc_idx = r.get("/v1/catalog/service/quiet").await.index();
+    let client = reqwest::Client::new();
+    let mut kv_waiters = Vec::new();
+    for _ in 0..100 {
+        let url = format!("{}/v1/kv/hot?index={kv_idx}&wait=10s", r.base);
+        let c = client.clone();
+        kv_waiters.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let resp = c.get(url).send().await.unwrap();
+            let idx: u64 = resp.headers()["X-Consul-Index"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (t.elapsed(), idx)
+        }));
+    }
+    let quiet_url = format!(
+        "{}/v1/catalog/service/quiet?index={svc_idx}&wait=1500ms",
+        r.base
+    );
+    let quiet = tokio::spawn(client.get(quiet_url).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.put("/v1/kv/hot", "1").await;
+    for w in kv_waiters {
+        let (elapsed, idx) = w.await.unwrap();
+        assert!(idx > kv_idx);
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+    // the KV write did not wake the service watcher
+    let t = Instant::now();
+    let q = quiet.await.unwrap().unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(500), "returned early");
+    assert_eq!(
+        q.headers()["X-Consul-Index"].to_str().unwrap(),
+        svc_idx.to_string()
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn fresh_registry_reports_index_at_least_one_everywhere() {
     let r = start().await;
     for p in [
