@@ -1,0 +1,397 @@
+//! The Consul HTTP client: address failover, token, TLS, timeouts and status handling.
+//!
+//! Owns the `reqwest` client and how requests are built and answered. Typed endpoints live in
+//! `kv.rs`, `txn.rs`, `catalog.rs` and `agent.rs`. It must not loop, retry or interpret indexes;
+//! that is the watchers' job.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, Url};
+
+use super::config::{ConfigError, ConsulAddress, ConsulConfig, read_bytes};
+use super::error::ConsulError;
+use super::transport::{Blocking, GetRequest, RawResponse, Transport};
+
+/// Header carrying the ACL token.
+const TOKEN_HEADER: &str = "X-Consul-Token";
+/// Header carrying the blocking index.
+const INDEX_HEADER: &str = "X-Consul-Index";
+/// Longest error body kept in [`ConsulError::Status`].
+const MAX_ERROR_BODY: usize = 512;
+
+/// Makes rustls use the ring provider in this process. Installing fails harmlessly when a
+/// provider is already installed.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A Consul HTTP client. Cheap to clone: clones share connections and the remembered address.
+#[derive(Clone)]
+pub struct ConsulClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    addresses: Vec<ConsulAddress>,
+    /// Index into `addresses` of the address that last worked.
+    current: AtomicUsize,
+    datacenter: Option<String>,
+    stale: bool,
+    request_timeout: Duration,
+    blocking_margin: Duration,
+}
+
+impl std::fmt::Debug for ConsulClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulClient")
+            .field("addresses", &self.inner.addresses)
+            .field("datacenter", &self.inner.datacenter)
+            .field("stale", &self.inner.stale)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What kind of request is being sent (decides `?stale` and address failover).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
+
+impl ConsulClient {
+    /// Builds a client: reads the token and PEM files, configures TLS (rustls with ring),
+    /// disables proxies, and sets a short connect timeout and a client-wide timeout for
+    /// non-blocking calls.
+    pub fn new(config: &ConsulConfig) -> Result<Self, ConfigError> {
+        install_crypto_provider();
+        let mut headers = HeaderMap::new();
+        if let Some(token) = config.resolve_token()? {
+            let mut value = HeaderValue::from_str(&token).map_err(|_| ConfigError::InvalidToken)?;
+            value.set_sensitive(true);
+            headers.insert(TOKEN_HEADER, value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .default_headers(headers)
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .tcp_keepalive(Duration::from_secs(15));
+        if let Some(ca) = &config.ca_cert {
+            let pem = read_bytes(ca, "CA certificate")?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ConfigError::Tls {
+                    what: "CA certificate",
+                    source,
+                })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read_bytes(cert, "client certificate")?;
+                pem.push(b'\n');
+                pem.extend(read_bytes(key, "client key")?);
+                let identity =
+                    reqwest::Identity::from_pem(&pem).map_err(|source| ConfigError::Tls {
+                        what: "client certificate and key",
+                        source,
+                    })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => return Err(ConfigError::IncompleteClientIdentity),
+        }
+        let http = builder.build().map_err(|source| ConfigError::Tls {
+            what: "HTTP client",
+            source,
+        })?;
+        Ok(ConsulClient {
+            inner: Arc::new(Inner {
+                http,
+                addresses: config.addresses.clone(),
+                current: AtomicUsize::new(0),
+                datacenter: config.datacenter.clone(),
+                stale: config.stale,
+                request_timeout: config.request_timeout,
+                blocking_margin: config.blocking_margin,
+            }),
+        })
+    }
+
+    /// The base URL currently preferred.
+    pub fn current_address(&self) -> String {
+        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.addresses.len().max(1);
+        self.inner
+            .addresses
+            .get(i)
+            .map(ConsulAddress::base_url)
+            .unwrap_or_default()
+    }
+
+    /// The per-request timeout of a blocking call: `wait + wait/16 + margin`.
+    pub fn blocking_timeout(&self, wait: Duration) -> Duration {
+        wait + wait / 16 + self.inner.blocking_margin
+    }
+
+    fn url(
+        &self,
+        address: &ConsulAddress,
+        segments: &[String],
+        query: &[(String, String)],
+        kind: Kind,
+        blocking: Option<Blocking>,
+    ) -> Result<Url, ConsulError> {
+        let mut url =
+            Url::parse(&address.base_url()).map_err(|e| ConsulError::Build(e.to_string()))?;
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|()| ConsulError::Build("address cannot be a base".into()))?;
+            path.clear();
+            path.extend(segments);
+        }
+        {
+            let mut pairs = url.query_pairs_mut();
+            if let Some(dc) = &self.inner.datacenter {
+                pairs.append_pair("dc", dc);
+            }
+            if kind == Kind::Read && self.inner.stale {
+                pairs.append_key_only("stale");
+            }
+            for (k, v) in query {
+                if v.is_empty() {
+                    pairs.append_key_only(k);
+                } else {
+                    pairs.append_pair(k, v);
+                }
+            }
+            if let Some(b) = blocking {
+                pairs.append_pair("index", &b.index.to_string());
+                pairs.append_pair("wait", &format!("{}ms", b.wait.as_millis()));
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        Ok(url)
+    }
+
+    /// Sends a request, trying the next address on a connect failure and remembering the one
+    /// that answered.
+    async fn send(
+        &self,
+        method: Method,
+        segments: &[String],
+        query: &[(String, String)],
+        body: Option<Vec<u8>>,
+        kind: Kind,
+        blocking: Option<Blocking>,
+    ) -> Result<reqwest::Response, ConsulError> {
+        let n = self.inner.addresses.len();
+        let start = self.inner.current.load(Ordering::Relaxed);
+        let timeout = match blocking {
+            Some(b) if b.index > 0 => self.blocking_timeout(b.wait),
+            _ => self.inner.request_timeout,
+        };
+        let mut last_connect_error = None;
+        for attempt in 0..n {
+            let i = (start + attempt) % n;
+            let Some(address) = self.inner.addresses.get(i) else {
+                continue;
+            };
+            let url = self.url(address, segments, query, kind, blocking)?;
+            let mut req = self
+                .inner
+                .http
+                .request(method.clone(), url)
+                .timeout(timeout);
+            if let Some(body) = &body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    if attempt > 0 {
+                        tracing::info!(address = %address.base_url(), "switched Consul address");
+                    }
+                    self.inner.current.store(i, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(e) if e.is_timeout() => return Err(ConsulError::Timeout),
+                Err(e) if e.is_connect() => {
+                    tracing::debug!(address = %address.base_url(), error = %e, "Consul address unreachable");
+                    last_connect_error = Some((address.base_url(), e));
+                }
+                Err(e) => return Err(ConsulError::Transport(e)),
+            }
+        }
+        match last_connect_error {
+            Some((address, source)) => Err(ConsulError::Connect { address, source }),
+            None => Err(ConsulError::Build("no Consul address configured".into())),
+        }
+    }
+
+    async fn read_body(resp: reqwest::Response) -> Result<Bytes, ConsulError> {
+        resp.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                ConsulError::Timeout
+            } else {
+                ConsulError::Transport(e)
+            }
+        })
+    }
+
+    /// Performs a GET; 2xx and 404 are answers, other statuses errors.
+    pub async fn get_raw(&self, request: GetRequest) -> Result<RawResponse, ConsulError> {
+        let resp = self
+            .send(
+                Method::GET,
+                &request.segments,
+                &request.query,
+                None,
+                Kind::Read,
+                request.blocking,
+            )
+            .await?;
+        let status = resp.status().as_u16();
+        let index = resp
+            .headers()
+            .get(INDEX_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = Self::read_body(resp).await?;
+        if (200..300).contains(&status) || status == 404 {
+            Ok(RawResponse {
+                status,
+                index,
+                body,
+            })
+        } else {
+            Err(status_error(status, &body))
+        }
+    }
+
+    /// Performs a write (PUT/DELETE) and returns status and body; non-2xx statuses other than
+    /// those in `accept` are errors.
+    pub(crate) async fn write_raw(
+        &self,
+        method: Method,
+        segments: &[String],
+        query: &[(String, String)],
+        body: Option<Vec<u8>>,
+        accept: &[u16],
+    ) -> Result<(u16, Bytes), ConsulError> {
+        let resp = self
+            .send(method, segments, query, body, Kind::Write, None)
+            .await?;
+        let status = resp.status().as_u16();
+        let body = Self::read_body(resp).await?;
+        if (200..300).contains(&status) || accept.contains(&status) {
+            Ok((status, body))
+        } else {
+            Err(status_error(status, &body))
+        }
+    }
+}
+
+pub(crate) fn status_error(status: u16, body: &[u8]) -> ConsulError {
+    let text = String::from_utf8_lossy(body);
+    let mut text = text.trim().to_owned();
+    if text.len() > MAX_ERROR_BODY {
+        let mut cut = MAX_ERROR_BODY;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    ConsulError::Status { status, body: text }
+}
+
+impl Transport for ConsulClient {
+    fn get(&self, request: GetRequest) -> BoxFuture<'_, Result<RawResponse, ConsulError>> {
+        Box::pin(self.get_raw(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(addrs: &str, f: impl FnOnce(ConsulConfig) -> ConsulConfig) -> ConsulClient {
+        ConsulClient::new(&f(ConsulConfig::new(addrs).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn urls() {
+        let c = client("http://hotel:8500", |c| {
+            c.with_datacenter(Some("dc2".into()))
+                .unwrap()
+                .with_stale(true)
+        });
+        let addr = &c.inner.addresses[0];
+        let segs: Vec<String> = ["v1", "kv", "a b", "c/"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let u = c
+            .url(
+                addr,
+                &segs,
+                &[("recurse".into(), String::new())],
+                Kind::Read,
+                Some(Blocking {
+                    index: 7,
+                    wait: Duration::from_secs(60),
+                }),
+            )
+            .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "http://hotel:8500/v1/kv/a%20b/c%2F?dc=dc2&stale&recurse&index=7&wait=60000ms"
+        );
+        let u = c.url(addr, &segs[..2], &[], Kind::Write, None).unwrap();
+        assert_eq!(u.as_str(), "http://hotel:8500/v1/kv?dc=dc2");
+        assert_eq!(
+            c.blocking_timeout(Duration::from_secs(160)),
+            Duration::from_secs(180)
+        );
+    }
+
+    #[tokio::test]
+    async fn fails_over_to_the_next_address_and_remembers_it() {
+        // Port 9 on loopback is closed in the test environment: connect is refused at once.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nX-Consul-Index: 5\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    )
+                    .await;
+            }
+        });
+        let c = client(&format!("127.0.0.1:9,127.0.0.1:{port}"), |c| c);
+        let r = c
+            .get_raw(GetRequest::new(["v1", "catalog", "services"]))
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.index), (200, Some(5)));
+        assert_eq!(c.current_address(), format!("http://127.0.0.1:{port}"));
+    }
+}
