@@ -430,3 +430,363 @@ async fn read_if_changed(
     let instances = convert_health_entries(name, entries, resolver).await;
     Ok(Some(Cached { index, instances }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{FakeConsul, FakeInstance, FakeResolver};
+    use super::*;
+
+    fn svc(s: &str) -> ServiceName {
+        ServiceName::new(s).unwrap()
+    }
+
+    fn opts() -> CatalogWatcherOptions {
+        CatalogWatcherOptions {
+            resync_interval: Duration::from_secs(3600),
+            ..CatalogWatcherOptions::default()
+        }
+    }
+
+    struct Harness {
+        resolver: Arc<FakeResolver>,
+        rx: watch::Receiver<Arc<CatalogSnapshot>>,
+        interest: watch::Sender<Interest>,
+        cancel: CancellationToken,
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.cancel.cancel();
+        }
+    }
+
+    fn start(
+        fake: &Arc<FakeConsul>,
+        interest: Interest,
+        options: CatalogWatcherOptions,
+    ) -> Harness {
+        let resolver = Arc::new(FakeResolver::default());
+        let (interest_tx, interest_rx) = watch::channel(interest);
+        let cancel = CancellationToken::new();
+        let rx = CatalogWatcher::spawn_with(
+            fake.clone(),
+            resolver.clone(),
+            interest_rx,
+            options,
+            cancel.clone(),
+        );
+        Harness {
+            resolver,
+            rx,
+            interest: interest_tx,
+            cancel,
+        }
+    }
+
+    impl Harness {
+        /// Waits (at most 20 s of tokio time, far below the resync interval) for `pred`.
+        async fn until(&mut self, pred: impl Fn(&CatalogSnapshot) -> bool) -> Arc<CatalogSnapshot> {
+            self.until_within(Duration::from_secs(20), pred).await
+        }
+
+        async fn until_within(
+            &mut self,
+            limit: Duration,
+            pred: impl Fn(&CatalogSnapshot) -> bool,
+        ) -> Arc<CatalogSnapshot> {
+            let r = tokio::time::timeout(limit, self.rx.wait_for(|s| pred(s)))
+                .await
+                .map(|r| r.unwrap().clone());
+            match r {
+                Ok(r) => r,
+                Err(_) => panic!(
+                    "condition not reached in time; last snapshot: {:?}",
+                    self.rx.borrow().services.keys().collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    fn ids(s: &CatalogSnapshot, name: &str) -> Vec<String> {
+        s.instances(&svc(name))
+            .unwrap_or_default()
+            .iter()
+            .map(|i| i.id.to_string())
+            .collect()
+    }
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checkless_instances_of_a_known_service_are_seen() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "web-1", "n1", 80).tags(&["flow-proxy.path=/web"]));
+        fake.register(
+            FakeInstance::new("api", "api-1", "n1", 81).check("service:api-1", "passing"),
+        );
+        let mut h = start(&fake, Interest::All, opts());
+        let s = h.until(|s| s.services.len() == 2).await;
+        assert_eq!(ids(&s, "web"), ["web-1"]);
+        assert_eq!(ids(&s, "api"), ["api-1"]);
+        settle().await;
+
+        // The hard case: same tags, no checks. Neither feed body changes; only indexes move.
+        let before = fake.feed_bodies();
+        fake.register(FakeInstance::new("web", "web-2", "n2", 80).tags(&["flow-proxy.path=/web"]));
+        assert_eq!(fake.feed_bodies(), before);
+        let s = h.until(|s| ids(s, "web").len() == 2).await;
+        assert_eq!(ids(&s, "web"), ["web-1", "web-2"]);
+
+        // Deregistering one of several check-less instances is just as silent.
+        settle().await;
+        fake.deregister("web", "web-1");
+        assert_eq!(fake.feed_bodies(), before);
+        let s = h.until(|s| ids(s, "web") == ["web-2"]).await;
+        assert_eq!(ids(&s, "api"), ["api-1"]);
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_change_rereads_only_its_service() {
+        let fake = FakeConsul::new();
+        for (name, node) in [
+            ("a", "n1"),
+            ("b", "n1"),
+            ("c", "n2"),
+            ("d", "n1"),
+            ("e", "n1"),
+        ] {
+            let id = format!("{name}-1");
+            fake.register(
+                FakeInstance::new(name, &id, node, 80).check(&format!("service:{id}"), "passing"),
+            );
+        }
+        let mut h = start(&fake, Interest::All, opts());
+        h.until(|s| s.services.len() == 5).await;
+        settle().await;
+
+        fake.clear_log();
+        fake.set_check("a", "a-1", "service:a-1", "critical");
+        h.until(|s| {
+            s.instances(&svc("a"))
+                .is_some_and(|i| i[0].health == crate::domain::Health::Critical)
+        })
+        .await;
+        settle().await;
+        assert_eq!(fake.service_reads("a"), 1);
+        for other in ["b", "c", "d", "e"] {
+            assert_eq!(fake.service_reads(other), 0, "{other} was re-read");
+        }
+
+        // A node-level check names no service: the services on that node are re-read.
+        fake.clear_log();
+        fake.set_node_check("n2", "serfHealth", "critical");
+        h.until(|s| {
+            s.instances(&svc("c"))
+                .is_some_and(|i| i[0].health == crate::domain::Health::Critical)
+        })
+        .await;
+        settle().await;
+        assert_eq!(fake.service_reads("c"), 1);
+        for other in ["a", "b", "d", "e"] {
+            assert_eq!(fake.service_reads(other), 0, "{other} was re-read");
+        }
+
+        // An unrelated write (e.g. KV) costs nothing.
+        fake.clear_log();
+        fake.unrelated_write();
+        settle().await;
+        assert!(
+            fake.log()
+                .iter()
+                .all(|p| !p.starts_with("/v1/health/service/"))
+        );
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_or_undecodable_reads_keep_the_last_good_data() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "web-1", "n1", 80));
+        fake.register(FakeInstance::new("web", "web-2", "n1", 81));
+        let mut h = start(&fake, Interest::All, opts());
+        h.until(|s| ids(s, "web").len() == 2).await;
+
+        fake.set_failing("web", true);
+        fake.deregister("web", "web-2");
+        settle().await;
+        assert_eq!(ids(&h.rx.borrow(), "web"), ["web-1", "web-2"]);
+
+        fake.set_failing("web", false);
+        fake.set_garbage("web", true);
+        settle().await;
+        assert_eq!(ids(&h.rx.borrow(), "web"), ["web-1", "web-2"]);
+
+        // Retried with backoff, without any new event.
+        fake.set_garbage("web", false);
+        h.until(|s| ids(s, "web") == ["web-1"]).await;
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalid_and_unresolvable_instances_are_dropped_alone() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "ok", "n1", 80).address("10.1.1.1"));
+        fake.register(FakeInstance::new("web", "named", "n1", 81).address("good.example"));
+        fake.register(FakeInstance::new("web", "nowhere", "n1", 82).address("nowhere.example"));
+        fake.register(FakeInstance::new("web", "port0", "n1", 0));
+        fake.register(FakeInstance::new("web", "bigport", "n1", 70000));
+        fake.register(FakeInstance::new("web", "bad id", "n1", 83));
+        fake.register(FakeInstance::new("web", "badtag", "n1", 84).tags(&["a b"]));
+        fake.register(FakeInstance::new("web", "badaddr", "n1", 85).address("a;b"));
+        fake.register(FakeInstance::new("web", "badnode", "n 1", 86));
+        fake.register(FakeInstance::new("bad name", "x", "n1", 87));
+        let mut h = start(&fake, Interest::All, opts());
+        h.resolver.set("good.example", "10.2.2.2");
+        let s = h.until(|s| !s.services.is_empty()).await;
+        assert_eq!(s.services.len(), 1);
+        let web = s.instances(&svc("web")).unwrap();
+        let got: Vec<(String, String)> = web
+            .iter()
+            .map(|i| (i.id.to_string(), i.address.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("named".to_owned(), "10.2.2.2".to_owned()),
+                ("ok".to_owned(), "10.1.1.1".to_owned())
+            ]
+        );
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_long_polls_stay_constant_as_services_grow() {
+        let fake = FakeConsul::new();
+        for n in 0..3 {
+            fake.register(FakeInstance::new(
+                &format!("s{n}"),
+                &format!("i{n}"),
+                "n1",
+                80,
+            ));
+        }
+        let mut h = start(&fake, Interest::All, opts());
+        h.until(|s| s.services.len() == 3).await;
+        settle().await;
+        assert_eq!(fake.in_flight(), 2);
+        for n in 3..250 {
+            fake.register(FakeInstance::new(
+                &format!("s{n}"),
+                &format!("i{n}"),
+                "n1",
+                80,
+            ));
+        }
+        h.until(|s| s.services.len() == 250).await;
+        settle().await;
+        assert_eq!(fake.in_flight(), 2);
+        assert_eq!(fake.max_in_flight(), 2);
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn churn_is_coalesced_into_few_rounds() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "w0", "n1", 80));
+        fake.register(FakeInstance::new("api", "a0", "n1", 80));
+        let mut h = start(&fake, Interest::All, opts());
+        h.until(|s| s.services.len() == 2).await;
+        settle().await;
+        fake.clear_log();
+        // 100 check-less registrations, 10 ms apart: each one is a silent change.
+        for n in 1..=100 {
+            fake.register(FakeInstance::new("web", &format!("w{n}"), "n1", 80));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        h.until(|s| ids(s, "web").len() == 101).await;
+        settle().await;
+        let reads = fake.service_reads("api");
+        // One second of churn: a burst of 2 rounds, then one round per 500 ms.
+        assert!(reads <= 6, "api was re-read {reads} times");
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interest_limits_and_extends_what_is_read() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("a", "a1", "n1", 80));
+        fake.register(FakeInstance::new("b", "b1", "n1", 80));
+        fake.register(FakeInstance::new("consul", "consul", "n1", 8300));
+        let only_a = Interest::Services([svc("a")].into());
+        let mut h = start(&fake, only_a, opts());
+        let s = h.until(|s| !s.services.is_empty()).await;
+        assert_eq!(
+            s.services.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        settle().await;
+        assert_eq!(fake.service_reads("b"), 0);
+
+        h.interest
+            .send_replace(Interest::Services([svc("a"), svc("b")].into()));
+        let s = h.until(|s| s.services.len() == 2).await;
+        assert_eq!(ids(&s, "b"), ["b1"]);
+
+        h.interest.send_replace(Interest::All);
+        settle().await;
+        assert_eq!(
+            h.rx.borrow().services.len(),
+            2,
+            "`consul` is ignored under All"
+        );
+        assert_eq!(fake.service_reads("consul"), 0);
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resync_resolves_host_names_again() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "w", "n1", 80).address("h.example"));
+        let options = CatalogWatcherOptions {
+            resync_interval: Duration::from_secs(60),
+            ..CatalogWatcherOptions::default()
+        };
+        let mut h = start(&fake, Interest::All, options);
+        h.resolver.set("h.example", "10.0.0.5");
+        let s = h.until(|s| !s.services.is_empty()).await;
+        assert_eq!(
+            s.instances(&svc("web")).unwrap()[0].address.to_string(),
+            "10.0.0.5"
+        );
+        h.resolver.set("h.example", "10.0.0.6");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            h.rx.borrow().instances(&svc("web")).unwrap()[0]
+                .address
+                .to_string(),
+            "10.0.0.5"
+        );
+        let s = h
+            .until_within(Duration::from_secs(40), |s| {
+                s.instances(&svc("web")).unwrap()[0].address.to_string() == "10.0.0.6"
+            })
+            .await;
+        assert_eq!(ids(&s, "web"), ["w"]);
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_snapshot_is_announced_even_when_empty() {
+        let fake = FakeConsul::new();
+        let mut h = start(&fake, Interest::All, opts());
+        tokio::time::timeout(Duration::from_secs(5), h.rx.changed())
+            .await
+            .expect("no first snapshot")
+            .unwrap();
+        assert!(h.rx.borrow_and_update().services.is_empty());
+        drop(h);
+    }
+}
