@@ -394,4 +394,266 @@ mod tests {
         assert_eq!((r.status, r.index), (200, Some(5)));
         assert_eq!(c.current_address(), format!("http://127.0.0.1:{port}"));
     }
+
+    /// One request as seen by the test server.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        method: String,
+        target: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    type Handler =
+        Arc<dyn Fn(&Seen) -> (u16, Vec<(String, String)>, Vec<u8>, Duration) + Send + Sync>;
+
+    /// A minimal HTTP/1.1 server: one request per connection, answered by `handler`.
+    async fn serve(handler: Handler) -> (String, Arc<std::sync::Mutex<Vec<Seen>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        let n = s.read(&mut chunk).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let mut lines = head.split("\r\n");
+                    let mut first = lines.next().unwrap().split(' ');
+                    let method = first.next().unwrap().to_owned();
+                    let target = first.next().unwrap().to_owned();
+                    let headers: Vec<(String, String)> = lines
+                        .filter_map(|l| l.split_once(": "))
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+                        .collect();
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .map(|(_, v)| v.parse().unwrap())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let n = s.read(&mut chunk).await.unwrap();
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let req = Seen {
+                        method,
+                        target,
+                        headers,
+                        body: buf[head_end..head_end + len].to_vec(),
+                    };
+                    log.lock().unwrap().push(req.clone());
+                    let (status, extra, body, delay) = handler(&req);
+                    tokio::time::sleep(delay).await;
+                    let mut out = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        body.len()
+                    );
+                    for (k, v) in extra {
+                        out.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    let _ = s.write_all(out.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn reply(
+        status: u16,
+        index: Option<u64>,
+        body: &str,
+    ) -> (u16, Vec<(String, String)>, Vec<u8>, Duration) {
+        let headers = index
+            .map(|i| vec![("X-Consul-Index".to_owned(), i.to_string())])
+            .unwrap_or_default();
+        (status, headers, body.as_bytes().to_vec(), Duration::ZERO)
+    }
+
+    #[tokio::test]
+    async fn kv_calls_token_and_statuses() {
+        let handler: Handler = Arc::new(|r: &Seen| match (r.method.as_str(), r.target.as_str()) {
+            ("GET", "/v1/kv/missing") => reply(404, Some(9), ""),
+            ("GET", "/v1/kv/a") => reply(
+                200,
+                Some(9),
+                r#"[{"Key":"a","Value":"dGVzdA==","ModifyIndex":7}]"#,
+            ),
+            ("GET", "/v1/kv/svc/?recurse") => reply(404, Some(9), ""),
+            ("GET", "/v1/kv/svc/?keys") => reply(200, Some(9), r#"["svc/a","svc/b"]"#),
+            ("PUT", "/v1/kv/a?cas=0") => reply(200, None, "false"),
+            ("PUT", "/v1/kv/a") => reply(200, None, "true"),
+            ("DELETE", "/v1/kv/go-demo/?recurse") => reply(200, None, "true"),
+            ("DELETE", "/v1/kv/a") => reply(200, None, "true"),
+            ("PUT", "/v1/txn") => reply(
+                409,
+                None,
+                r#"{"Results":null,"Errors":[{"OpIndex":1,"What":"failed index check for key \"b\""}]}"#,
+            ),
+            ("GET", "/v1/kv/denied") => reply(403, None, "Permission denied"),
+            _ => reply(500, None, "No path to datacenter"),
+        });
+        let (addr, seen) = serve(handler).await;
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("t");
+        std::fs::write(&token_file, "s3cret\n").unwrap();
+        let c = client(&addr, |c| {
+            c.with_token(Some("ignored".into()))
+                .with_token_file(Some(token_file))
+        });
+
+        let key = super::super::KvKey::new("a").unwrap();
+        let got = c.kv_get(&key).await.unwrap().unwrap();
+        assert_eq!((got.value.as_slice(), got.modify_index), (&b"test"[..], 7));
+        let missing = super::super::KvKey::new("missing").unwrap();
+        assert_eq!(c.kv_get(&missing).await.unwrap(), None);
+        let svc = super::super::KvPrefix::new("svc/").unwrap();
+        assert!(c.kv_list(&svc).await.unwrap().is_empty());
+        assert_eq!(c.kv_keys(&svc).await.unwrap(), ["svc/a", "svc/b"]);
+        assert!(!c.kv_put(&key, b"v", Some(0)).await.unwrap());
+        assert!(c.kv_put(&key, b"v", None).await.unwrap());
+        assert!(c.kv_delete(&key).await.unwrap());
+        let folder = super::super::KvPrefix::new("go-demo/").unwrap();
+        assert!(c.kv_delete_prefix(&folder).await.unwrap());
+
+        let ops = [
+            super::super::TxnOp::Set {
+                key: key.clone(),
+                value: b"x".to_vec(),
+            },
+            super::super::TxnOp::CheckIndex {
+                key: super::super::KvKey::new("b").unwrap(),
+                index: 3,
+            },
+        ];
+        match c.txn(&ops).await {
+            Err(ConsulError::TxnConflict { errors }) => {
+                assert_eq!(errors.len(), 1);
+                assert_eq!(errors[0].op_index, 1);
+                assert!(errors[0].what.contains("failed index check"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let denied = c.kv_get(&super::super::KvKey::new("denied").unwrap()).await;
+        assert!(
+            matches!(&denied, Err(e @ ConsulError::Status { status: 403, .. }) if !e.is_retryable())
+        );
+        let server_error = c.kv_get(&super::super::KvKey::new("other").unwrap()).await;
+        assert!(
+            matches!(&server_error, Err(e @ ConsulError::Status { status: 500, .. }) if e.is_retryable())
+        );
+
+        let seen = seen.lock().unwrap().clone();
+        for r in &seen {
+            let token = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == "x-consul-token")
+                .map(|(_, v)| v.as_str());
+            assert_eq!(token, Some("s3cret"), "{}", r.target);
+        }
+        let put = seen
+            .iter()
+            .find(|r| r.target == "/v1/kv/a" && r.method == "PUT")
+            .unwrap();
+        assert_eq!(put.body, b"v");
+        let txn = seen.iter().find(|r| r.target == "/v1/txn").unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&txn.body),
+            r#"[{"KV":{"Verb":"set","Key":"a","Value":"eA=="}},{"KV":{"Verb":"check-index","Key":"b","Index":3}}]"#
+        );
+    }
+
+    #[tokio::test]
+    async fn blocking_calls_send_index_and_wait_and_time_out_as_such() {
+        let handler: Handler = Arc::new(|r: &Seen| {
+            if r.target.contains("index=5") {
+                let mut a = reply(200, Some(5), "{}");
+                a.3 = Duration::from_secs(5);
+                a
+            } else {
+                reply(200, Some(5), "{}")
+            }
+        });
+        let (addr, seen) = serve(handler).await;
+        let c = client(&addr, |mut c| {
+            c.blocking_margin = Duration::from_millis(200);
+            c
+        });
+        let mut req = GetRequest::new(["v1", "catalog", "services"]);
+        req.blocking = Some(Blocking {
+            index: 0,
+            wait: Duration::from_millis(100),
+        });
+        let r = c.get_raw(req.clone()).await.unwrap();
+        assert_eq!(r.index, Some(5));
+        req.blocking = Some(Blocking {
+            index: 5,
+            wait: Duration::from_millis(100),
+        });
+        let started = std::time::Instant::now();
+        assert!(matches!(c.get_raw(req).await, Err(ConsulError::Timeout)));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        let targets: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.target.clone())
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                "/v1/catalog/services?index=0&wait=100ms",
+                "/v1/catalog/services?index=5&wait=100ms"
+            ]
+        );
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        let cfg = ConsulConfig::new("https://consul:8501").unwrap();
+        assert!(ConsulClient::new(&cfg).is_ok());
+        let only_cert = cfg.clone().with_client_identity(Some(bad.clone()), None);
+        assert!(matches!(
+            ConsulClient::new(&only_cert),
+            Err(ConfigError::IncompleteClientIdentity)
+        ));
+        let bad_identity = cfg
+            .clone()
+            .with_client_identity(Some(bad.clone()), Some(bad.clone()));
+        assert!(matches!(
+            ConsulClient::new(&bad_identity),
+            Err(ConfigError::Tls { .. })
+        ));
+        let missing_ca = cfg.with_ca_cert(Some(dir.path().join("nope.pem")));
+        assert!(matches!(
+            ConsulClient::new(&missing_ca),
+            Err(ConfigError::ReadFile { .. })
+        ));
+    }
 }
