@@ -4,6 +4,8 @@
 //! Owns the requests and decoding of these endpoints. It must not loop or keep state; the
 //! catalog watcher (`catalog_watcher.rs`) decides when to call them.
 
+use std::collections::BTreeMap;
+
 use crate::domain::{Instance, ServiceName};
 
 use super::convert::{
@@ -12,7 +14,7 @@ use super::convert::{
 use super::error::ConsulError;
 use super::resolve::{Resolver, SystemResolver};
 use super::transport::{GetRequest, RawResponse, Transport};
-use super::wire::{CatalogServicesWire, HealthCheckWire, HealthEntryWire};
+use super::wire::{CatalogServicesWire, HealthCheckWire, HealthEntryWire, NodeWire};
 
 /// Request for `/v1/catalog/services`.
 pub fn services_request() -> GetRequest {
@@ -22,6 +24,19 @@ pub fn services_request() -> GetRequest {
 /// Request for `/v1/health/state/any`.
 pub fn checks_request() -> GetRequest {
     GetRequest::new(["v1", "health", "state", "any"])
+}
+
+/// Request for `/v1/catalog/nodes`.
+pub fn nodes_request() -> GetRequest {
+    GetRequest::new(["v1", "catalog", "nodes"])
+}
+
+/// Decodes `/v1/catalog/nodes` into node name to address.
+pub fn decode_nodes(resp: &RawResponse) -> Result<BTreeMap<String, String>, ConsulError> {
+    require_ok(resp, "catalog nodes")?;
+    let wire: Vec<NodeWire> =
+        serde_json::from_slice(&resp.body).map_err(|e| ConsulError::decode("catalog nodes", e))?;
+    Ok(wire.into_iter().map(|n| (n.node, n.address)).collect())
 }
 
 /// Request for `/v1/health/service/<name>`.

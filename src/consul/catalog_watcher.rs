@@ -1,8 +1,9 @@
 //! Catalog change detection: keeps a validated [`CatalogSnapshot`] of the interesting services
 //! up to date with a constant number of long-polls.
 //!
-//! Owns the coordination of two change feeds (`/v1/catalog/services` and
-//! `/v1/health/state/any`, each one blocking query) and the plain per-service re-reads of
+//! Owns the coordination of three change feeds (`/v1/catalog/services`,
+//! `/v1/health/state/any` and `/v1/catalog/nodes`, each one blocking query) and the plain
+//! per-service re-reads of
 //! `/v1/health/service/<name>` they trigger. It must not open one long-poll per service, and a
 //! failed or undecodable read must never change the published snapshot. See
 //! `CHANGE_DETECTION.md` for the design and its request costs.
@@ -20,8 +21,8 @@ use crate::domain::{CatalogSnapshot, Instance, NodeName, ServiceName};
 
 use super::blocking::{BlockingQuery, WatchEvent, WatchOptions, spawn_watch};
 use super::catalog::{
-    checks_request, decode_checks, decode_health_entries, decode_services, health_service_request,
-    services_request,
+    checks_request, decode_checks, decode_health_entries, decode_nodes, decode_services,
+    health_service_request, nodes_request, services_request,
 };
 use super::client::ConsulClient;
 use super::convert::{CheckState, ServiceTags, convert_health_entries};
@@ -120,6 +121,7 @@ impl CatalogWatcher {
             interest: Interest::All,
             services: Arc::new(BTreeMap::new()),
             checks: None,
+            nodes: None,
             cache: BTreeMap::new(),
             dirty: BTreeSet::new(),
             sweep: false,
@@ -148,6 +150,8 @@ struct Coordinator {
     services: Arc<ServiceTags>,
     /// Last body of the checks feed.
     checks: Option<Arc<Vec<CheckState>>>,
+    /// Last body of the nodes feed (node name to address).
+    nodes: Option<Arc<BTreeMap<String, String>>>,
     /// Last good read per service.
     cache: BTreeMap<ServiceName, Cached>,
     /// Services to re-read in the next round.
@@ -181,6 +185,13 @@ impl Coordinator {
             feeds_cancel.clone(),
         )
         .moves;
+        let mut nodes_rx = spawn_watch(
+            self.transport.clone(),
+            BlockingQuery::new(nodes_request(), wait, decode_nodes),
+            self.options.feeds,
+            feeds_cancel.clone(),
+        )
+        .moves;
 
         // Both feeds' first answers are the baselines for later diffs; they must be taken
         // before the first read so that no change falls between the two.
@@ -194,10 +205,16 @@ impl Coordinator {
             _ = cancel.cancelled() => return,
             r = checks_rx.wait_for(Option::is_some) => if r.is_err() { return },
         }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            r = nodes_rx.wait_for(Option::is_some) => if r.is_err() { return },
+        }
         self.interest = interest_rx.borrow_and_update().clone();
         let mut interest_open = true;
         self.on_services(&mut services_rx);
         self.on_checks(&mut checks_rx);
+        self.on_nodes(&mut nodes_rx);
         self.full = true;
 
         let mut rounds = TokenBucket::new(self.options.round_burst, self.options.round_refill);
@@ -215,6 +232,9 @@ impl Coordinator {
             }
             if checks_rx.has_changed().unwrap_or(false) {
                 self.on_checks(&mut checks_rx);
+            }
+            if nodes_rx.has_changed().unwrap_or(false) {
+                self.on_nodes(&mut nodes_rx);
             }
             if interest_open && interest_rx.has_changed().unwrap_or(false) {
                 self.on_interest(&mut interest_rx);
@@ -258,6 +278,10 @@ impl Coordinator {
                 r = checks_rx.changed() => {
                     if r.is_err() { return }
                     self.on_checks(&mut checks_rx);
+                }
+                r = nodes_rx.changed() => {
+                    if r.is_err() { return }
+                    self.on_nodes(&mut nodes_rx);
                 }
                 r = interest_rx.changed(), if interest_open => {
                     if r.is_err() {
@@ -329,6 +353,29 @@ impl Coordinator {
                 self.dirty.insert(name);
             }
         }
+        self.mark_nodes(nodes);
+    }
+
+    /// A move of the nodes feed: a node whose address changed (or that appeared or vanished)
+    /// affects the services with instances on it, which are re-read.
+    fn on_nodes(&mut self, rx: &mut Feed<BTreeMap<String, String>>) {
+        let Some(event) = rx.borrow_and_update().clone() else {
+            return;
+        };
+        let old = self.nodes.replace(event.payload.clone());
+        let Some(old) = old else {
+            return;
+        };
+        let changed: BTreeSet<&String> = old
+            .iter()
+            .filter(|(node, addr)| event.payload.get(*node) != Some(*addr))
+            .map(|(node, _)| node)
+            .chain(event.payload.keys().filter(|n| !old.contains_key(*n)))
+            .collect();
+        self.mark_nodes(changed.into_iter().cloned());
+    }
+
+    fn mark_nodes(&mut self, nodes: impl IntoIterator<Item = String>) {
         for node in nodes {
             let Ok(node) = NodeName::new(node) else {
                 continue;
@@ -625,6 +672,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_node_address_change_rereads_the_services_on_that_node() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "w1", "n1", 80));
+        fake.register(FakeInstance::new("api", "a1", "n2", 80));
+        let mut h = start(&fake, Interest::All, opts());
+        h.until(|s| s.services.len() == 2).await;
+        settle().await;
+        fake.clear_log();
+        let before = fake.feed_bodies();
+        fake.set_node_address("n1", "10.9.9.9");
+        assert_eq!(fake.feed_bodies(), before);
+        let s = h
+            .until(|s| s.instances(&svc("web")).unwrap()[0].address.to_string() == "10.9.9.9")
+            .await;
+        assert_eq!(ids(&s, "api"), ["a1"]);
+        settle().await;
+        assert_eq!(
+            (fake.service_reads("web"), fake.service_reads("api")),
+            (1, 0)
+        );
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failed_or_undecodable_reads_keep_the_last_good_data() {
         let fake = FakeConsul::new();
         fake.register(FakeInstance::new("web", "web-1", "n1", 80));
@@ -694,7 +765,7 @@ mod tests {
         let mut h = start(&fake, Interest::All, opts());
         h.until(|s| s.services.len() == 3).await;
         settle().await;
-        assert_eq!(fake.in_flight(), 2);
+        assert_eq!(fake.in_flight(), 3);
         for n in 3..250 {
             fake.register(FakeInstance::new(
                 &format!("s{n}"),
@@ -705,8 +776,8 @@ mod tests {
         }
         h.until(|s| s.services.len() == 250).await;
         settle().await;
-        assert_eq!(fake.in_flight(), 2);
-        assert_eq!(fake.max_in_flight(), 2);
+        assert_eq!(fake.in_flight(), 3);
+        assert_eq!(fake.max_in_flight(), 3);
         drop(h);
     }
 

@@ -60,6 +60,7 @@ struct State {
     raft: u64,
     services_idx: u64,
     checks_idx: u64,
+    nodes_idx: u64,
     extinction: u64,
     svc_idx: BTreeMap<String, u64>,
     instances: Vec<FakeInstance>,
@@ -90,6 +91,7 @@ impl FakeConsul {
             raft: 10,
             services_idx: 10,
             checks_idx: 10,
+            nodes_idx: 10,
             ..State::default()
         };
         Arc::new(FakeConsul {
@@ -121,6 +123,13 @@ impl FakeConsul {
                 .retain(|i| !(i.id == inst.id && i.node == inst.node));
             if had_checks || !inst.checks.is_empty() {
                 s.checks_idx = idx;
+            }
+            let known = s
+                .instances
+                .iter()
+                .any(|i| i.node == inst.node && i.node_address == inst.node_address);
+            if !known {
+                s.nodes_idx = idx;
             }
             s.services_idx = idx;
             s.svc_idx.insert(inst.service.clone(), idx);
@@ -183,6 +192,21 @@ impl FakeConsul {
         });
     }
 
+    /// Changes a node's address: moves `nodes` and the node's services' entries only.
+    pub fn set_node_address(&self, node: &str, address: &str) {
+        self.write(|s, idx| {
+            s.nodes_idx = idx;
+            let mut names = Vec::new();
+            for i in s.instances.iter_mut().filter(|i| i.node == node) {
+                i.node_address = address.into();
+                names.push(i.service.clone());
+            }
+            for n in names {
+                s.svc_idx.insert(n, idx);
+            }
+        });
+    }
+
     /// An unrelated write (e.g. KV): consumes a raft index, moves no catalog entry.
     pub fn unrelated_write(&self) {
         self.write(|_, _| {});
@@ -239,6 +263,7 @@ impl FakeConsul {
         match path {
             "/v1/catalog/services" => Ok((s.services_idx, services_body(&s))),
             "/v1/health/state/any" => Ok((s.checks_idx, checks_body(&s))),
+            "/v1/catalog/nodes" => Ok((s.nodes_idx, nodes_body(&s))),
             p if p.starts_with("/v1/health/service/") => {
                 let name = &p["/v1/health/service/".len()..];
                 if s.fail.contains(name) {
@@ -273,6 +298,20 @@ fn services_body(s: &State) -> Value {
             .extend(i.tags.iter().cloned());
     }
     json!(m)
+}
+
+fn nodes_body(s: &State) -> Value {
+    let nodes: BTreeMap<&str, &str> = s
+        .instances
+        .iter()
+        .map(|i| (i.node.as_str(), i.node_address.as_str()))
+        .collect();
+    Value::Array(
+        nodes
+            .into_iter()
+            .map(|(n, a)| json!({"Node": n, "Address": a}))
+            .collect(),
+    )
 }
 
 fn checks_body(s: &State) -> Value {

@@ -35,8 +35,8 @@ pub use blocking::{
     BlockingQuery, Decoder, Step, WatchEvent, WatchHandle, WatchOptions, spawn_watch,
 };
 pub use catalog::{
-    ServiceRead, checks_request, decode_checks, decode_services, health_service_request,
-    read_service, services_request,
+    ServiceRead, checks_request, decode_checks, decode_nodes, decode_services,
+    health_service_request, nodes_request, read_service, services_request,
 };
 pub use catalog_watcher::{CatalogWatcher, CatalogWatcherOptions, Interest};
 pub use client::ConsulClient;
