@@ -124,6 +124,7 @@ impl CatalogWatcher {
             nodes: None,
             cache: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            retry: BTreeSet::new(),
             sweep: false,
             full: true,
             published: false,
@@ -156,6 +157,8 @@ struct Coordinator {
     cache: BTreeMap<ServiceName, Cached>,
     /// Services to re-read in the next round.
     dirty: BTreeSet<ServiceName>,
+    /// Services whose last read failed, re-read when the backoff expires.
+    retry: BTreeSet<ServiceName>,
     /// Re-read every interesting service (index compared) in the next round.
     sweep: bool,
     /// Re-read and re-resolve every interesting service, ignoring cached indexes.
@@ -239,8 +242,16 @@ impl Coordinator {
             if interest_open && interest_rx.has_changed().unwrap_or(false) {
                 self.on_interest(&mut interest_rx);
             }
-            let retry_due = retry_at.is_none_or(|t| t <= Instant::now());
-            if self.has_work() && retry_due {
+            if self.tx.is_closed() {
+                return;
+            }
+            // Failed services are retried on their own schedule; they never hold back new work.
+            if retry_at.is_some_and(|t| t <= Instant::now()) {
+                retry_at = None;
+                let retry = std::mem::take(&mut self.retry);
+                self.dirty.extend(retry);
+            }
+            if self.has_work() {
                 if self.full || self.sweep {
                     tokio::select! {
                         biased;
@@ -253,21 +264,21 @@ impl Coordinator {
                     _ = cancel.cancelled() => return,
                     _ = rounds.acquire() => {}
                 }
-                let failed = tokio::select! {
+                tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return,
-                    f = self.round() => f,
-                };
-                if failed {
-                    let delay = backoff.next().unwrap_or(self.options.feeds.backoff_max);
-                    retry_at = Some(Instant::now() + delay);
-                } else {
+                    _ = self.round() => {}
+                }
+                if self.retry.is_empty() {
                     backoff = self.options.feeds.backoff();
                     retry_at = None;
+                } else if retry_at.is_none() {
+                    let delay = backoff.next().unwrap_or(self.options.feeds.backoff_max);
+                    retry_at = Some(Instant::now() + delay);
                 }
                 continue;
             }
-            let retry_sleep = retry_at.filter(|_| self.has_work());
+            let retry_sleep = retry_at;
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
@@ -294,9 +305,7 @@ impl Coordinator {
                     tracing::debug!("periodic catalog resync");
                     self.full = true;
                 }
-                _ = sleep_until_opt(retry_sleep), if retry_sleep.is_some() => {
-                    retry_at = None;
-                }
+                _ = sleep_until_opt(retry_sleep), if retry_sleep.is_some() => {}
             }
         }
     }
@@ -398,9 +407,9 @@ impl Coordinator {
         }
     }
 
-    /// Performs one read round and publishes. Returns whether some read failed (those services
-    /// stay dirty and keep their last good data).
-    async fn round(&mut self) -> bool {
+    /// Performs one read round and publishes. Services whose read failed keep their last good
+    /// data and go to the retry set.
+    async fn round(&mut self) {
         let interesting = self.interesting();
         let force = self.full;
         let targets: Vec<ServiceName> = if self.full || self.sweep {
@@ -430,23 +439,28 @@ impl Coordinator {
                 .collect()
                 .await;
 
-        let mut failed = false;
         for (name, result) in results {
             match result {
                 Ok(Some(cached)) => {
+                    self.retry.remove(&name);
                     self.cache.insert(name, cached);
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    self.retry.remove(&name);
+                }
                 Err(error) => {
                     tracing::warn!(service = %name, %error, "cannot read service, keeping its last known instances");
-                    self.dirty.insert(name);
-                    failed = true;
+                    // Keep the instances, forget the index: the retry must decode again.
+                    if let Some(cached) = self.cache.get_mut(&name) {
+                        cached.index = 0;
+                    }
+                    self.retry.insert(name);
                 }
             }
         }
         self.cache.retain(|name, _| interesting.contains(name));
+        self.retry.retain(|name| interesting.contains(name));
         self.publish(&interesting);
-        failed
     }
 
     fn publish(&mut self, interesting: &BTreeSet<ServiceName>) {
@@ -716,6 +730,29 @@ mod tests {
         // Retried with backoff, without any new event.
         fake.set_garbage("web", false);
         h.until(|s| ids(s, "web") == ["web-1"]).await;
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_service_does_not_hold_back_others() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "w1", "n1", 80));
+        fake.register(FakeInstance::new("api", "a1", "n1", 81).check("service:a1", "passing"));
+        let mut h = start(&fake, Interest::All, opts());
+        h.until(|s| s.services.len() == 2).await;
+        fake.set_failing("web", true);
+        fake.register(FakeInstance::new("web", "w2", "n1", 82));
+        // Let the failures back off to their longest delays.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(ids(&h.rx.borrow(), "web"), ["w1"]);
+        fake.set_check("api", "a1", "service:a1", "critical");
+        h.until_within(Duration::from_millis(600), |s| {
+            s.instances(&svc("api"))
+                .is_some_and(|i| i[0].health == crate::domain::Health::Critical)
+        })
+        .await;
+        fake.set_failing("web", false);
+        h.until(|s| ids(s, "web") == ["w1", "w2"]).await;
         drop(h);
     }
 
