@@ -656,4 +656,74 @@ mod tests {
             Err(ConfigError::ReadFile { .. })
         ));
     }
+
+    #[tokio::test]
+    async fn catalog_watcher_over_http() {
+        use super::super::{CatalogWatcher, CatalogWatcherOptions, Interest, WatchOptions};
+        let handler: Handler = Arc::new(|r: &Seen| {
+            let path = r.target.split('?').next().unwrap_or_default();
+            let body = match path {
+                "/v1/catalog/services" => r#"{"consul":[],"web":["flow-proxy.path=/web"]}"#,
+                "/v1/catalog/nodes" => r#"[{"Node":"n1","Address":"127.0.0.1"}]"#,
+                "/v1/health/state/any" => {
+                    r#"[{"Node":"n1","CheckID":"serfHealth","Status":"passing","ServiceID":"","ServiceName":""}]"#
+                }
+                "/v1/health/service/web" => {
+                    r#"[{"Node":{"Node":"n1","Address":"127.0.0.1"},"Service":{"ID":"web-1","Service":"web","Tags":["flow-proxy.path=/web"],"Address":"","Port":8080,"Meta":{"v":"1"}},"Checks":[{"Node":"n1","CheckID":"serfHealth","Status":"passing","ServiceID":"","ServiceName":""}]}]"#
+                }
+                _ => return reply(404, None, "Invalid URL path"),
+            };
+            let mut a = reply(200, Some(7), body);
+            if !r.target.contains("index=0") && r.target.contains("index=") {
+                a.3 = Duration::from_millis(500);
+            }
+            a
+        });
+        let (addr, seen) = serve(handler).await;
+        let c = client(&format!("http://{addr}"), |c| c.with_stale(true));
+        let options = CatalogWatcherOptions {
+            feeds: WatchOptions {
+                wait: Duration::from_millis(500),
+                ..WatchOptions::default()
+            },
+            ..CatalogWatcherOptions::default()
+        };
+        let (_interest_tx, interest_rx) = tokio::sync::watch::channel(Interest::All);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut rx = CatalogWatcher::spawn(c, interest_rx, options, cancel.clone());
+        let snap = tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|s| !s.services.is_empty()),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+        cancel.cancel();
+        assert_eq!(snap.services.len(), 1);
+        let web = &snap.services.values().next().unwrap()[0];
+        assert_eq!(
+            (web.id.as_str(), web.address.to_string(), web.port),
+            ("web-1", "127.0.0.1".to_owned(), 8080)
+        );
+        let targets: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.target.clone())
+            .collect();
+        assert!(
+            targets.contains(&"/v1/catalog/services?stale&index=0&wait=500ms".to_owned()),
+            "{targets:?}"
+        );
+        assert!(
+            targets.contains(&"/v1/health/service/web?stale".to_owned()),
+            "{targets:?}"
+        );
+        assert!(
+            !targets
+                .iter()
+                .any(|t| t.contains("/v1/health/service/consul"))
+        );
+    }
 }
