@@ -196,7 +196,7 @@ impl Coordinator {
         )
         .moves;
 
-        // Both feeds' first answers are the baselines for later diffs; they must be taken
+        // Every feed's first answer is the baseline for later diffs; they must be taken
         // before the first read so that no change falls between the two.
         tokio::select! {
             biased;
