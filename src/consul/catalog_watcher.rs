@@ -768,6 +768,7 @@ mod tests {
         fake.register(FakeInstance::new("web", "badtag", "n1", 84).tags(&["a b"]));
         fake.register(FakeInstance::new("web", "badaddr", "n1", 85).address("a;b"));
         fake.register(FakeInstance::new("web", "badnode", "n 1", 86));
+        fake.register(FakeInstance::new("web", "anyaddr", "n1", 88).address("0.0.0.0"));
         fake.register(FakeInstance::new("bad name", "x", "n1", 87));
         let mut h = start(&fake, Interest::All, opts());
         h.resolver.set("good.example", "10.2.2.2");

@@ -100,6 +100,9 @@ async fn convert_entry(
     let address = resolve_address(resolver, raw_address)
         .await
         .ok_or_else(|| format!("cannot resolve address {raw_address:?}"))?;
+    if address.is_unspecified() || address.is_multicast() {
+        return Err(format!("unusable address {address}"));
+    }
     let tags = entry
         .service
         .tags
