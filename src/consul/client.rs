@@ -726,4 +726,38 @@ mod tests {
                 .any(|t| t.contains("/v1/health/service/consul"))
         );
     }
+
+    #[tokio::test]
+    async fn agent_calls() {
+        let handler: Handler = Arc::new(|r: &Seen| match (r.method.as_str(), r.target.as_str()) {
+            ("PUT", "/v1/agent/service/register")
+            | ("PUT", "/v1/agent/service/deregister/web-1")
+            | ("PUT", "/v1/agent/check/pass/service:web-1") => reply(200, None, ""),
+            _ => reply(404, None, "Unknown service ID"),
+        });
+        let (addr, seen) = serve(handler).await;
+        let c = client(&addr, |c| c);
+        let reg = super::super::ServiceRegistration {
+            id: "web-1".into(),
+            name: "web".into(),
+            tags: vec!["flow-proxy.path=/web".into()],
+            address: "10.0.0.2".into(),
+            port: 8080,
+            meta: [("v".to_owned(), "1".to_owned())].into(),
+            ttl_check: Some(Duration::from_secs(30)),
+        };
+        c.agent_register(&reg).await.unwrap();
+        c.agent_check_pass("service:web-1").await.unwrap();
+        c.agent_deregister("web-1").await.unwrap();
+        let err = c.agent_deregister("nope").await.unwrap_err();
+        assert!(
+            matches!(err, ConsulError::Status { status: 404, .. }),
+            "{err:?}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            String::from_utf8_lossy(&seen[0].body),
+            r#"{"ID":"web-1","Name":"web","Tags":["flow-proxy.path=/web"],"Address":"10.0.0.2","Port":8080,"Meta":{"v":"1"},"Check":{"TTL":"30000ms"}}"#
+        );
+    }
 }
