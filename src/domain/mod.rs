@@ -1,1 +1,14 @@
-//! placeholder
+//! Validated domain types for everything read from Consul that may one day reach an HAProxy
+//! configuration, and the catalog snapshot built from them.
+//!
+//! Pure: this module must not do IO (no tokio, reqwest, filesystem or processes) and holds no
+//! serde wire types. Values from the outside world enter only through the validating
+//! constructors here; the Consul layer converts its wire types at the boundary.
+
+mod catalog;
+mod health;
+mod names;
+
+pub use catalog::{CatalogSnapshot, Instance, Weights};
+pub use health::Health;
+pub use names::{InstanceId, MetaKey, MetaValue, NodeName, ServiceName, Tag, ValidationError};

@@ -1,0 +1,158 @@
+//! Serde types mirroring Consul's JSON, exactly as it is sent on the wire.
+//!
+//! Owns the wire shapes only. Nothing here is validated: these types must not leave the
+//! `consul` module; they are converted to domain types at the boundary (`convert.rs`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/catalog/services`: service name to tags.
+pub type CatalogServicesWire = BTreeMap<String, Vec<String>>;
+
+/// One entry of `GET /v1/health/service/:name`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthEntryWire {
+    pub node: NodeWire,
+    pub service: AgentServiceWire,
+    #[serde(default)]
+    pub checks: Option<Vec<HealthCheckWire>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeWire {
+    pub node: String,
+    #[serde(default)]
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentServiceWire {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub port: i64,
+    #[serde(default)]
+    pub weights: Option<WeightsWire>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WeightsWire {
+    pub passing: i64,
+    pub warning: i64,
+}
+
+/// A health check, as in `/v1/health/state/:state` and the `Checks` of a health entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthCheckWire {
+    #[serde(default)]
+    pub node: String,
+    #[serde(rename = "CheckID", default)]
+    pub check_id: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(rename = "ServiceID", default)]
+    pub service_id: String,
+    #[serde(default)]
+    pub service_name: String,
+}
+
+/// One KV entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KvPairWire {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub flags: u64,
+    #[serde(default)]
+    pub create_index: u64,
+    #[serde(default)]
+    pub modify_index: u64,
+    #[serde(default)]
+    pub lock_index: u64,
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// One `/v1/txn` operation (KV only).
+#[derive(Debug, Clone, Serialize)]
+pub struct TxnOpWire {
+    #[serde(rename = "KV")]
+    pub kv: TxnKvOpWire,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TxnKvOpWire {
+    pub verb: &'static str,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TxnResponseWire {
+    #[serde(default)]
+    pub results: Option<Vec<TxnResultWire>>,
+    #[serde(default)]
+    pub errors: Option<Vec<TxnErrorWire>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TxnResultWire {
+    #[serde(rename = "KV", default)]
+    pub kv: Option<KvPairWire>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TxnErrorWire {
+    #[serde(default)]
+    pub op_index: usize,
+    #[serde(default)]
+    pub what: String,
+}
+
+/// `PUT /v1/agent/service/register` body.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentServiceRegistrationWire {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    pub port: u16,
+    pub meta: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<AgentCheckWire>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentCheckWire {
+    #[serde(rename = "TTL")]
+    pub ttl: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
