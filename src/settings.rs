@@ -83,7 +83,11 @@ pub struct ServerArgs {
     pub consul: ConsulArgs,
 
     /// Where the embedded registry listens when `CONSUL_ADDRESS` is unset.
-    #[arg(long, env = "EMBEDDED_REGISTRY_ADDRESS", default_value = "127.0.0.1:8500")]
+    #[arg(
+        long,
+        env = "EMBEDDED_REGISTRY_ADDRESS",
+        default_value = "127.0.0.1:8500"
+    )]
     pub embedded_registry_address: SocketAddr,
 
     /// Directory for flow-proxy's state (the embedded registry's data among it).
@@ -99,7 +103,11 @@ pub struct ServerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
     /// Where the registry listens.
-    #[arg(long, env = "EMBEDDED_REGISTRY_ADDRESS", default_value = "127.0.0.1:8500")]
+    #[arg(
+        long,
+        env = "EMBEDDED_REGISTRY_ADDRESS",
+        default_value = "127.0.0.1:8500"
+    )]
     pub embedded_registry_address: SocketAddr,
 
     /// Directory for the registry's state.

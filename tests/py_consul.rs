@@ -1,15 +1,24 @@
 //! Runs `tests/py/test_py_consul.py` (PyPI's py-consul client) against the registry.
-//! Without `python3` or the `consul` module the test is skipped, unless `CI=true`.
+//! The interpreter is `$FLOW_PROXY_PYTHON` when set (the Makefile points it at the virtual
+//! environment that `scripts/install-test-deps.sh` creates), else `python3`. Without it or
+//! without the `consul` module the test is skipped, unless `CI=true`.
 
 use std::time::Duration;
 
 use flow_proxy::registry::{RegistryConfig, spawn};
 
+fn python() -> String {
+    std::env::var("FLOW_PROXY_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".to_owned())
+}
+
 fn python_with_consul() -> Result<(), String> {
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(python())
         .args(["-c", "import consul"])
         .output()
-        .map_err(|e| format!("python3 not runnable: {e}"))?;
+        .map_err(|e| format!("{} not runnable: {e}", python()))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -41,7 +50,7 @@ async fn py_consul_client_works_against_the_registry() {
     .unwrap();
     let addr = reg.local_addr().to_string();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/test_py_consul.py");
-    let child = tokio::process::Command::new("python3")
+    let child = tokio::process::Command::new(python())
         .arg(script)
         .arg(&addr)
         .env("CONSUL_HTTP_ADDR", &addr)
