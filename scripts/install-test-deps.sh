@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine and is safe to run repeatedly:
-# HAProxy (end-to-end tests use the real one) and a Python virtual environment with
+# HAProxy (end-to-end tests use the real one), openssl (makes test certificates) and a Python virtual environment with
 # py-consul (a third-party Consul client used to prove the embedded registry's compatibility).
 set -euo pipefail
 
@@ -28,6 +28,11 @@ fi
 # The package starts a system haproxy on :80; the tests run their own instances.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet haproxy 2>/dev/null; then
     as_root systemctl stop haproxy || true
+fi
+
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "installing openssl"
+    apt_install openssl
 fi
 
 if ! command -v python3 >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 //! A generic blocking-query watcher.
 //!
-//! Owns the blocking-query rules (Consul API reference, section 3.7) as a state machine,
+//! Owns the blocking-query rules (those of Consul's blocking-query documentation) as a state machine,
 //! [`BlockingQuery`], whose [`BlockingQuery::step`] performs exactly one blocking GET:
 //!
 //! * the first call uses `index=0`; afterwards the last `X-Consul-Index` is sent back;

@@ -6,7 +6,7 @@
 //! per-service re-reads of
 //! `/v1/health/service/<name>` they trigger. It must not open one long-poll per service, and a
 //! failed or undecodable read must never change the published snapshot. See
-//! `CHANGE_DETECTION.md` for the design and its request costs.
+//! ARCHITECTURE.md ("Watching Consul") for the design and its request costs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

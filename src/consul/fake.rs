@@ -1,6 +1,6 @@
 //! An in-memory fake Consul for tests: catalog, health and a request log, with real blocking
 //! and index semantics (one raft index; `services`, `checks`, per-service and extinction index
-//! entries, as in the API reference section 12). No IO: safe under paused tokio time. Test-only;
+//! entries, as Consul moves them). No IO: safe under paused tokio time. Test-only;
 //! it must not be used outside `#[cfg(test)]` code.
 
 use std::collections::{BTreeMap, BTreeSet};
