@@ -7,6 +7,7 @@
 //! - [`registry`]: the embedded single-node Consul-compatible registry.
 //! - [`settings`]: command line and environment settings.
 //! - [`server`]: wires the pieces together for `flow-proxy server`.
+//! - [`tls`]: the process-wide TLS crypto provider.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod consul;
@@ -16,3 +17,4 @@ pub mod haproxy;
 pub mod registry;
 pub mod server;
 pub mod settings;
+pub mod tls;

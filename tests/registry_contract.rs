@@ -47,9 +47,7 @@ async fn start() -> Reg {
 }
 
 async fn start_with(cfg: RegistryConfig) -> Reg {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+    flow_proxy::tls::install_crypto_provider();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let reg = spawn(listener, cfg).await.unwrap();
     let base = format!("http://{}", reg.local_addr());

@@ -24,12 +24,6 @@ const INDEX_HEADER: &str = "X-Consul-Index";
 /// Longest error body kept in [`ConsulError::Status`].
 const MAX_ERROR_BODY: usize = 512;
 
-/// Makes rustls use the ring provider in this process. Installing fails harmlessly when a
-/// provider is already installed.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// A Consul HTTP client. Cheap to clone: clones share connections and the remembered address.
 #[derive(Clone)]
 pub struct ConsulClient {
@@ -69,7 +63,7 @@ impl ConsulClient {
     /// disables proxies, and sets a short connect timeout and a client-wide timeout for
     /// non-blocking calls.
     pub fn new(config: &ConsulConfig) -> Result<Self, ConfigError> {
-        install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let mut headers = HeaderMap::new();
         if let Some(token) = config.resolve_token()? {
             let mut value = HeaderValue::from_str(&token).map_err(|_| ConfigError::InvalidToken)?;

@@ -45,15 +45,6 @@ pub fn truncate_output(output: &str) -> String {
     )
 }
 
-/// reqwest is built without a bundled crypto provider; HTTP(S) probes need one installed
-/// process-wide. Installs ring's provider unless the program already chose one.
-pub(crate) fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: some provider is then set.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
-
 /// Records a TTL refresh for `check_id`: its deadline moves to now + TTL.
 pub(crate) fn touch_ttl(core: &Core, check_id: &str, ttl: Duration) {
     lock(&core.ttl_deadlines).insert(check_id.to_string(), Instant::now() + ttl);
@@ -115,7 +106,7 @@ pub(crate) async fn run_checks(core: Arc<Core>) {
     let mut critical_since: HashMap<String, Instant> = HashMap::new();
     let mut reap_tick = tokio::time::interval(core.config.check_reap_interval);
     reap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ensure_crypto_provider();
+    crate::tls::install_crypto_provider();
     let client = reqwest::Client::builder().no_proxy().build().ok();
     loop {
         rx.borrow_and_update();

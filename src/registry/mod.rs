@@ -248,7 +248,7 @@ pub async fn spawn(
     config: RegistryConfig,
 ) -> Result<RunningRegistry, RegistryError> {
     let local_addr = listener.local_addr().map_err(RegistryError::Listener)?;
-    checks::ensure_crypto_provider();
+    crate::tls::install_crypto_provider();
     let node_name = config.node_name.clone();
     let datacenter = config.datacenter.clone();
     let with_consul = config.register_consul_service;
