@@ -7,8 +7,13 @@
 
 mod catalog;
 mod health;
+mod intent;
 mod names;
 
 pub use catalog::{CatalogSnapshot, Instance, Weights};
 pub use health::Health;
+pub use intent::{
+    Color, CustomTemplates, DomainName, IntentError, KV_KEYS, MANDATORY_MESSAGE, PathPattern,
+    PathType, RawParams, ReconfigureEcho, ServiceIntent, TemplatePath,
+};
 pub use names::{InstanceId, MetaKey, MetaValue, NodeName, ServiceName, Tag, ValidationError};
