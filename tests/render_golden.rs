@@ -10,7 +10,7 @@ use flow_proxy::domain::{
 };
 use flow_proxy::haproxy::{HaproxyPaths, SoftStopSettings, validate};
 use flow_proxy::plan::{Plan, PlanSettings, SlotTable, plan};
-use flow_proxy::render::{LogTarget, RenderSettings, render};
+use flow_proxy::render::{CustomSnippets, LogTarget, RenderSettings, render_with_custom};
 
 fn haproxy_available() -> bool {
     let found = std::process::Command::new("haproxy")
@@ -84,6 +84,37 @@ fn one(ints: BTreeMap<ServiceName, ServiceIntent>, cat: CatalogSnapshot) -> Plan
 
 fn go_demo() -> ServiceIntent {
     intent(&[("serviceName", "go-demo"), ("servicePath", "/demo")])
+}
+
+/// DFP's test fixtures `go-demo-fe.tmpl` / `go-demo-be.tmpl` (tab-indented) after template
+/// rendering, next to a built-in service.
+fn custom_case() -> (Plan, BTreeMap<ServiceName, CustomSnippets>) {
+    let ints = intents(vec![
+        intent(&[
+            ("serviceName", "go-demo"),
+            (
+                "consulTemplateFePath",
+                "/consul_templates/tmpl/go-demo-fe.tmpl",
+            ),
+            (
+                "consulTemplateBePath",
+                "/consul_templates/tmpl/go-demo-be.tmpl",
+            ),
+        ]),
+        intent(&[("serviceName", "web"), ("servicePath", "/")]),
+    ]);
+    let p = one(
+        ints,
+        catalog(&[
+            ("go-demo", instances("go-demo", 2, Health::Passing)),
+            ("web", instances("web", 1, Health::Passing)),
+        ]),
+    );
+    let snippets = CustomSnippets {
+        frontend: "\tacl url_go-demo path_beg /demo\n\tuse_backend go-demo-be if url_go-demo\n".into(),
+        sections: "backend go-demo-be\n\t\n\tserver node1_0_32769 192.168.99.101:32769 check\n\t\n\tserver node2_1_32770 192.168.99.102:32770 check\n\t\n".into(),
+    };
+    (p, [(svc("go-demo"), snippets)].into())
 }
 
 fn cases() -> Vec<(&'static str, Plan, RenderSettings)> {
@@ -255,8 +286,16 @@ async fn golden_files() {
     let paths = HaproxyPaths::new(dir.path().join("hp")).unwrap();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut failures = Vec::new();
-    for (name, plan, settings) in cases() {
-        let text = render(&plan, &settings).unwrap().into_string();
+    let (custom_plan, snippets) = custom_case();
+    let mut all: Vec<_> = cases()
+        .into_iter()
+        .map(|(n, p, s)| (n, p, s, BTreeMap::new()))
+        .collect();
+    all.push(("custom_templates", custom_plan, settings(), snippets));
+    for (name, plan, settings, custom) in all {
+        let text = render_with_custom(&plan, &settings, &custom)
+            .unwrap()
+            .into_string();
         assert!(text.ends_with('\n'), "{name}");
         let file = root.join(format!("{name}.cfg"));
         if update {

@@ -9,12 +9,18 @@
 //! a validated domain type, a number, an address, or a fixed string. Path patterns are written
 //! inside single quotes, where HAProxy neither unescapes nor expands anything, and patterns
 //! cannot contain a quote. The output is deterministic and always ends with `\n`.
+//!
+//! The one exception to validated input is [`CustomSnippets`]: the text of an operator's own
+//! custom templates (rendered elsewhere), inserted verbatim by [`render_with_custom`].
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use askama::Template;
 
+use std::collections::BTreeMap;
+
+use crate::domain::ServiceName;
 use crate::plan::{Backend, PARKED_ADDR, PARKED_PORT, Plan, ServerState};
 
 /// DFP's `TIMEOUT_*` settings, in seconds.
@@ -180,6 +186,8 @@ struct RouteView {
     pattern: String,
     backend: String,
     host: bool,
+    /// A host-less `/` route: emitted after custom frontend snippets.
+    catch_all: bool,
 }
 
 struct BackendView {
@@ -199,7 +207,22 @@ struct ConfigView<'a> {
     host_acls: Vec<HostAclView>,
     routes: Vec<RouteView>,
     backends: Vec<BackendView>,
+    custom_frontends: Vec<&'a str>,
+    custom_backends: Vec<&'a str>,
     health: Option<String>,
+}
+
+/// Configuration text of a service that uses custom templates, already rendered by the caller.
+/// Inserted verbatim: it comes from the operator's own template files, not from the API.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CustomSnippets {
+    /// Lines for the shared `services` frontend (ACLs and `use_backend`), placed after the
+    /// built-in routes except the host-less `/` catch-alls, which stay last
+    /// (`consulTemplateFePath`).
+    pub frontend: String,
+    /// Whole sections placed after the built-in backends: the `consulTemplateBePath` backend,
+    /// or the whole `consulTemplatePath` file.
+    pub sections: String,
 }
 
 fn server_lines(b: &Backend) -> Vec<String> {
@@ -229,8 +252,36 @@ fn server_lines(b: &Backend) -> Vec<String> {
         .collect()
 }
 
-/// Renders the configuration of `plan`.
+/// Renders the configuration of `plan` (services with custom templates are left out).
 pub fn render(plan: &Plan, settings: &RenderSettings) -> Result<RenderedConfig, RenderError> {
+    render_with_custom(plan, settings, &BTreeMap::new())
+}
+
+fn trim_snippet(s: &str) -> Option<&str> {
+    let t = s.trim_start_matches(['\n', '\r']).trim_end();
+    (!t.trim().is_empty()).then_some(t)
+}
+
+/// Renders the configuration of `plan` plus the custom snippets of the services listed in
+/// `plan.custom_templates` (snippets of other services are ignored), in service-name order.
+pub fn render_with_custom(
+    plan: &Plan,
+    settings: &RenderSettings,
+    custom: &BTreeMap<ServiceName, CustomSnippets>,
+) -> Result<RenderedConfig, RenderError> {
+    let snippets: Vec<&CustomSnippets> = custom
+        .iter()
+        .filter(|(name, _)| plan.custom_templates.contains(*name))
+        .map(|(_, s)| s)
+        .collect();
+    let custom_frontends = snippets
+        .iter()
+        .filter_map(|s| trim_snippet(&s.frontend))
+        .collect();
+    let custom_backends = snippets
+        .iter()
+        .filter_map(|s| trim_snippet(&s.sections))
+        .collect();
     let mut binds = vec![SocketAddr::new(settings.bind_address, settings.http_port).to_string()];
     if let Some(p) = settings.https_port.filter(|p| *p != settings.http_port) {
         binds.push(SocketAddr::new(settings.bind_address, p).to_string());
@@ -259,6 +310,7 @@ pub fn render(plan: &Plan, settings: &RenderSettings) -> Result<RenderedConfig, 
             pattern: r.pattern.to_string(),
             backend: r.backend.to_string(),
             host: r.host.is_some(),
+            catch_all: r.host.is_none() && r.pattern.is_root(),
         })
         .collect();
     let backends = plan
@@ -279,6 +331,8 @@ pub fn render(plan: &Plan, settings: &RenderSettings) -> Result<RenderedConfig, 
         host_acls,
         routes,
         backends,
+        custom_frontends,
+        custom_backends,
         health: settings.health.map(|h| h.to_string()),
     };
     let mut out = view.render()?;
@@ -286,4 +340,38 @@ pub fn render(plan: &Plan, settings: &RenderSettings) -> Result<RenderedConfig, 
         out.push('\n');
     }
     Ok(RenderedConfig(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::test_support::*;
+    use crate::plan::{PlanSettings, SlotTable, plan};
+
+    #[test]
+    fn snippets_only_for_custom_template_services() {
+        let ints = intents(vec![
+            intent(&[("serviceName", "web"), ("servicePath", "/")]),
+            intent(&[("serviceName", "t"), ("consulTemplatePath", "/x/t.tmpl")]),
+        ]);
+        let p = plan(
+            &ints,
+            &crate::domain::CatalogSnapshot::new(),
+            &SlotTable::default(),
+            &PlanSettings::default(),
+        );
+        assert_eq!(p.custom_templates.len(), 1);
+        let snip = |s: &str| CustomSnippets {
+            frontend: String::new(),
+            sections: format!("backend {s}-be\n    server x 10.0.0.1:80\n\n\n"),
+        };
+        let custom = [(svc("t"), snip("t")), (svc("web"), snip("web"))].into();
+        let text = render_with_custom(&p, &RenderSettings::for_tests(), &custom)
+            .unwrap()
+            .into_string();
+        assert!(text.contains("\n\nbackend t-be\n    server x 10.0.0.1:80\n\nbackend default_503"));
+        assert!(!text.contains("server x 10.0.0.1:80\n\n\n"));
+        assert_eq!(text.matches("backend web-be").count(), 2, "{text}");
+        assert!(text.ends_with('\n'));
+    }
 }
