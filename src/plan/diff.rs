@@ -108,21 +108,26 @@ pub fn diff(live: &Plan, desired: &Plan) -> Change {
     if !same_structure(live, desired) {
         return Change::Reload;
     }
-    let mut commands = Vec::new();
+    // Three phases, so capacity is added before it is taken away: slots that start taking
+    // traffic, then changes to routed slots, then slots that stop.
+    let mut phases: [Vec<RuntimeCommand>; 3] = Default::default();
     for (service, want) in &desired.backends {
         let Some(have) = live.backends.get(service) else {
             return Change::Reload;
         };
-        for (old, new) in have.slots.iter().zip(&want.slots) {
-            slot_commands(
-                &want.name,
-                new.name,
-                old.server.as_ref(),
-                new.server.as_ref(),
-                &mut commands,
-            );
+        for (old_slot, new_slot) in have.slots.iter().zip(&want.slots) {
+            let (old, new) = (old_slot.server.as_ref(), new_slot.server.as_ref());
+            let was_ready = old.is_some_and(|o| o.state == ServerState::Ready);
+            let will_be_ready = new.is_some_and(|n| n.state == ServerState::Ready);
+            let phase = match (was_ready, will_be_ready) {
+                (false, _) => 0,
+                (true, true) => 1,
+                (true, false) => 2,
+            };
+            slot_commands(&want.name, new_slot.name, old, new, &mut phases[phase]);
         }
     }
+    let commands: Vec<RuntimeCommand> = phases.into_iter().flatten().collect();
     if commands.is_empty() {
         Change::None
     } else {
@@ -184,11 +189,9 @@ fn slot_commands(
             };
             let ready = n.state == ServerState::Ready;
             let moved = (old_addr, old_port) != (n.addr, n.port);
-            // A routed server changing address is taken out of rotation while it moves.
-            if moved && old_ready {
-                out.push(set_state(ServerAdminState::Maint));
-            }
-            if !ready && old_ready && !moved {
+            // Leaving rotation comes first; a routed server that moves stays routed (HAProxy
+            // switches new connections to the new address at once).
+            if !ready && old_ready {
                 out.push(set_state(ServerAdminState::Maint));
             }
             if moved {
@@ -201,7 +204,7 @@ fn slot_commands(
                     weight: n.weight,
                 });
             }
-            if ready && (!old_ready || moved) {
+            if ready && !old_ready {
                 out.push(set_state(ServerAdminState::Ready));
             }
         }
@@ -371,6 +374,45 @@ mod tests {
             &s,
         );
         assert_eq!(diff(&p1, &p5), Change::Reload);
+    }
+
+    #[test]
+    fn color_switch_is_runtime_while_slots_suffice() {
+        let s = PlanSettings::default();
+        let colored = |c: &str| {
+            intents(vec![intent(&[
+                ("serviceName", "web"),
+                ("servicePath", "/"),
+                ("serviceColor", c),
+            ])])
+        };
+        let mut c = CatalogSnapshot::new();
+        c.set_service(
+            svc("web-blue"),
+            vec![inst("n1", "b1", "10.0.0.1", 80, Health::Passing)],
+        );
+        c.set_service(
+            svc("web-green"),
+            vec![
+                inst("n1", "g1", "10.0.0.2", 80, Health::Passing),
+                inst("n1", "g2", "10.0.0.3", 80, Health::Passing),
+            ],
+        );
+        let blue = plan(&colored("blue"), &c, &SlotTable::default(), &s);
+        let green = plan(&colored("green"), &c, &blue.slots, &s);
+        assert_eq!(green.backends[&svc("web")].name.as_str(), "web-be");
+        let Change::Runtime(cmds) = diff(&blue, &green) else {
+            panic!("expected runtime commands");
+        };
+        let text: Vec<String> = cmds.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "set server web-be/s2 addr 10.0.0.3 port 80",
+                "set server web-be/s2 state ready",
+                "set server web-be/s1 addr 10.0.0.2 port 80",
+            ]
+        );
     }
 
     /// A small deterministic generator, so the property below needs no extra dependency.
