@@ -160,6 +160,12 @@ fn no_parameter_value_adds_a_line() {
             }
         };
         accepted += 1;
+        // The KV encoding round-trips through the same validation.
+        let kv: BTreeMap<String, String> = intent.to_kv_pairs().into_iter().collect();
+        assert_eq!(
+            ServiceIntent::from_kv(intent.name.as_str(), &kv).as_ref(),
+            Ok(&intent)
+        );
         let name = intent.name.clone();
         let cat_name = intent.catalog_service.clone();
         let intents: BTreeMap<ServiceName, ServiceIntent> = [(name, intent)].into();

@@ -343,7 +343,7 @@ pub struct RawParams {
     pub service_domain: String,
     /// `pathType`.
     pub path_type: String,
-    /// `skipCheck`, as given.
+    /// `skipCheck`, as given (normalized to `true`/`false` in a validated intent).
     pub skip_check: String,
     /// `consulTemplatePath`.
     pub consul_template_path: String,
@@ -497,6 +497,11 @@ impl ServiceIntent {
         domains.dedup();
         let path_type = PathType::parse(&raw.path_type)?;
         let skip_check = parse_bool("skipCheck", &raw.skip_check)?;
+        // Normalized, so that an intent read back from KV equals the one that was written.
+        let raw = RawParams {
+            skip_check: skip_check.to_string(),
+            ..raw
+        };
         Ok(ServiceIntent {
             name,
             color,
@@ -844,6 +849,7 @@ mod tests {
         assert_eq!(back.color, i.color);
         assert_eq!(back.skip_check, i.skip_check);
         assert_eq!(back.to_kv_pairs(), i.to_kv_pairs());
+        assert_eq!(back, i);
         // A KV value that the API would refuse is refused on the way back too.
         let mut bad = map.clone();
         bad.insert("path".into(), "/a\n#".into());
