@@ -10,6 +10,10 @@
 //! inside single quotes, where HAProxy neither unescapes nor expands anything, and patterns
 //! cannot contain a quote. The output is deterministic and always ends with `\n`.
 //!
+//! Retries: `retries 3`, `option redispatch` and `retry-on conn-failure empty-response
+//! response-timeout`; requests other than GET, HEAD and OPTIONS are only retried on connection
+//! failures (`http-request disable-l7-retry`), so a POST is never sent twice.
+//!
 //! The one exception to validated input is [`CustomSnippets`]: the text of an operator's own
 //! custom templates (rendered elsewhere), inserted verbatim by [`render_with_custom`].
 
