@@ -4,6 +4,9 @@
 //! Pure: this module must not do IO (no tokio, reqwest, filesystem or processes) and holds no
 //! serde wire types. Values from the outside world enter only through the validating
 //! constructors here; the Consul layer converts its wire types at the boundary.
+//!
+//! Operator intent (`reconfigure` parameters and their copy in Consul KV) is parsed by
+//! [`ServiceIntent::from_params`] / [`ServiceIntent::from_kv`], one validation for both.
 
 mod catalog;
 mod health;
