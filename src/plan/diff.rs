@@ -1,6 +1,6 @@
 //! The difference between the live plan and the desired one.
 //!
-//! Owns: [`diff`], which decides whether two plans differ only in slot contents (addresses,
+//! Owns: [`diff()`], which decides whether two plans differ only in slot contents (addresses,
 //! ports, weights, states: [`Change::Runtime`] commands for HAProxy's runtime API) or in
 //! structure (services, routes, check flags, slot counts, settings: [`Change::Reload`]), and
 //! the text of those runtime commands, built only from validated types.
@@ -211,7 +211,7 @@ fn slot_commands(
     }
 }
 
-/// Applies runtime commands to a plan's slots, as HAProxy would. For tests of [`diff`].
+/// Applies runtime commands to a plan's slots, as HAProxy would. For tests of [`diff()`].
 #[cfg(test)]
 pub(crate) fn apply(live: &Plan, commands: &[RuntimeCommand]) -> Plan {
     use std::collections::BTreeMap;

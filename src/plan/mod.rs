@@ -2,7 +2,7 @@
 //!
 //! Owns: route ordering (one shared frontend, routes sorted by specificity), backend naming
 //! (`<service>-be`, stable across colors), the health filter, server slot assignment
-//! ([`SlotTable`]) and the comparison of two plans ([`diff`]: runtime commands or a reload).
+//! ([`SlotTable`]) and the comparison of two plans ([`diff()`]: runtime commands or a reload).
 //!
 //! Pure and deterministic: no IO, no clock; every collection is sorted, so equal inputs give
 //! equal plans whatever order they were built in.
