@@ -3,6 +3,9 @@
 //! Module map (each module's own `//!` docs say what it owns and what it must not do):
 //!
 //! - [`domain`]: validated newtypes and the catalog snapshot. Pure: no IO, no serde wire types.
+//! - [`plan`]: intents × catalog → the desired HAProxy model, server slots, and the diff between
+//!   the live and the desired model (runtime commands or a reload). Pure.
+//! - [`render`]: the desired model → `haproxy.cfg` text through askama templates. Pure.
 //! - [`consul`]: the Consul HTTP client, blocking-query watchers and catalog change detection.
 //! - [`registry`]: the embedded single-node Consul-compatible registry.
 //! - [`settings`]: command line and environment settings.
@@ -14,7 +17,9 @@ pub mod consul;
 pub mod ctmpl;
 pub mod domain;
 pub mod haproxy;
+pub mod plan;
 pub mod registry;
+pub mod render;
 pub mod server;
 pub mod settings;
 pub mod tls;

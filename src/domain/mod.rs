@@ -4,11 +4,19 @@
 //! Pure: this module must not do IO (no tokio, reqwest, filesystem or processes) and holds no
 //! serde wire types. Values from the outside world enter only through the validating
 //! constructors here; the Consul layer converts its wire types at the boundary.
+//!
+//! Operator intent (`reconfigure` parameters and their copy in Consul KV) is parsed by
+//! [`ServiceIntent::from_params`] / [`ServiceIntent::from_kv`], one validation for both.
 
 mod catalog;
 mod health;
+mod intent;
 mod names;
 
 pub use catalog::{CatalogSnapshot, Instance, Weights};
 pub use health::Health;
+pub use intent::{
+    Color, CustomTemplates, DomainName, IntentError, KV_KEYS, MANDATORY_MESSAGE, PathPattern,
+    PathType, RawParams, ReconfigureEcho, ServiceIntent, TemplatePath,
+};
 pub use names::{InstanceId, MetaKey, MetaValue, NodeName, ServiceName, Tag, ValidationError};

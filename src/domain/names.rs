@@ -32,6 +32,22 @@ pub enum ValidationError {
         /// The rejected value (debug-escaped when displayed).
         value: String,
     },
+    /// The value did not start with a letter or digit.
+    #[error("{kind} must start with a letter or a digit: {value:?}")]
+    BadStart {
+        /// The type being validated.
+        kind: &'static str,
+        /// The rejected value (debug-escaped when displayed).
+        value: String,
+    },
+    /// The value contained `..`.
+    #[error("{kind} must not contain \"..\": {value:?}")]
+    DotDot {
+        /// The type being validated.
+        kind: &'static str,
+        /// The rejected value (debug-escaped when displayed).
+        value: String,
+    },
 }
 
 fn check(
@@ -62,6 +78,27 @@ fn name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
 }
 
+/// `[A-Za-z0-9][A-Za-z0-9._-]*` without `..`: the rule for service names, which also become
+/// HAProxy backend and ACL names and Consul KV key segments.
+fn check_service_name(value: &str) -> Result<(), ValidationError> {
+    check("service name", value, false, 255, name_char)?;
+    if let Some(first) = value.chars().next()
+        && !first.is_ascii_alphanumeric()
+    {
+        return Err(ValidationError::BadStart {
+            kind: "service name",
+            value: value.to_owned(),
+        });
+    }
+    if value.contains("..") {
+        return Err(ValidationError::DotDot {
+            kind: "service name",
+            value: value.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// `[A-Za-z0-9_.:-]`
 fn id_char(c: char) -> bool {
     name_char(c) || c == ':'
@@ -80,6 +117,9 @@ fn free_text_char(c: char) -> bool {
 
 macro_rules! newtype {
     ($(#[$doc:meta])* $name:ident, $kind:literal, allow_empty = $empty:expr, max = $max:expr, $allowed:expr) => {
+        newtype!($(#[$doc])* $name, |value: &str| check($kind, value, $empty, $max, $allowed));
+    };
+    ($(#[$doc:meta])* $name:ident, $checker:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
@@ -88,7 +128,8 @@ macro_rules! newtype {
             /// Validates `value` against this type's alphabet.
             pub fn new(value: impl Into<String>) -> Result<Self, ValidationError> {
                 let value = value.into();
-                check($kind, &value, $empty, $max, $allowed)?;
+                let checker: fn(&str) -> Result<(), ValidationError> = $checker;
+                checker(&value)?;
                 Ok(Self(value))
             }
 
@@ -127,8 +168,10 @@ macro_rules! newtype {
 }
 
 newtype!(
-    /// A Consul service name. Accepted alphabet: `[A-Za-z0-9_.-]`, 1 to 255 bytes.
-    ServiceName, "service name", allow_empty = false, max = 255, name_char
+    /// A Consul service name: `[A-Za-z0-9][A-Za-z0-9._-]*`, 1 to 255 bytes, never containing
+    /// `..`. Service names become HAProxy backend and ACL names and Consul KV key segments, so
+    /// `/`, `..` and a leading `_` (reserved for flow-proxy's own KV data) are refused.
+    ServiceName, check_service_name
 );
 newtype!(
     /// A Consul node name. Accepted alphabet: `[A-Za-z0-9_.-]`, 1 to 255 bytes.
@@ -165,7 +208,8 @@ mod tests {
             assert!(ServiceName::new(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "go demo", "go\tdemo", "go\ndemo", "a/b", "a#b", "a\"b", "a;b", "ä",
+            "", "go demo", "go\tdemo", "go\ndemo", "a/b", "a#b", "a\"b", "a;b", "ä", "_x", ".x",
+            "-x", "a..b", "..", "../etc",
         ] {
             assert!(ServiceName::new(bad).is_err(), "{bad:?}");
         }
