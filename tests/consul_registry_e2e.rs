@@ -266,6 +266,15 @@ async fn silent_instance_registration_and_deregistration_are_seen() {
         .await;
     }
 
+    // The last instance goes: the service leaves the snapshot.
+    client.agent_deregister("go-demo-a").await.unwrap();
+    for (w, label) in [(&mut all, "All"), (&mut only, "Services")] {
+        wait_snapshot(&mut w.rx, &format!("{label}: go-demo gone"), |s| {
+            !s.services.contains_key(&svc("go-demo"))
+        })
+        .await;
+    }
+
     cancel.cancel();
     reg.shutdown().await.unwrap();
 }
