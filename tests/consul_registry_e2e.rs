@@ -812,3 +812,59 @@ async fn catalog_watcher_connections_do_not_grow_with_services() {
     cancel.cancel();
     reg.shutdown().await.unwrap();
 }
+
+/// A registry that comes back with lost state (its indexes go backwards, as after restoring an
+/// older snapshot) can hand out a per-service index the watcher has already cached for
+/// different data. The backwards feed index must invalidate the cached indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_watcher_rereads_everything_when_the_registry_starts_over() {
+    let reg = start_registry(registry_config()).await;
+    let addr = reg.local_addr();
+    let client = client_for(addr);
+    let cancel = CancellationToken::new();
+
+    client
+        .agent_register(&instance("web-1", "web", 7001, &["v1"]))
+        .await
+        .unwrap();
+    let (_, index_before, _) = raw_get(addr, "/v1/health/service/web").await;
+    let mut w = watch_catalog(&client, Interest::All, &cancel);
+    wait_snapshot(&mut w.rx, "web-1", |s| ids(s, "web") == ["web-1"]).await;
+    // More writes move the feeds past web's own index.
+    client
+        .agent_register(&instance("other-1", "other", 7100, &[]))
+        .await
+        .unwrap();
+    client.agent_deregister("other-1").await.unwrap();
+    let (_, services_before, _) = raw_get(addr, "/v1/catalog/services").await;
+    assert!(services_before > index_before);
+    wait_snapshot(&mut w.rx, "other gone", |s| {
+        ids(s, "web") == ["web-1"] && !s.services.contains_key(&svc("other"))
+    })
+    .await;
+
+    // Same address, no data directory: everything starts over.
+    reg.shutdown().await.unwrap();
+    let reg = spawn(rebind(addr).await, registry_config()).await.unwrap();
+    client
+        .agent_register(&instance("web-2", "web", 7002, &["v1"]))
+        .await
+        .unwrap();
+    let (_, index_after, _) = raw_get(addr, "/v1/health/service/web").await;
+    assert_eq!(
+        index_before, index_after,
+        "the scenario needs the new registry to reuse the per-service index"
+    );
+    let (_, services_after, _) = raw_get(addr, "/v1/catalog/services").await;
+    assert!(
+        services_after < services_before,
+        "the services index goes backwards"
+    );
+    wait_snapshot(&mut w.rx, "web-2 from the new registry", |s| {
+        ids(s, "web") == ["web-2"]
+    })
+    .await;
+
+    cancel.cancel();
+    reg.shutdown().await.unwrap();
+}
