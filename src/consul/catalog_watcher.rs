@@ -128,6 +128,7 @@ impl CatalogWatcher {
             sweep: false,
             full: true,
             published: false,
+            feed_indexes: [0; 3],
             tx,
         };
         tokio::spawn(coordinator.run(interest, cancel));
@@ -164,6 +165,8 @@ struct Coordinator {
     /// Re-read and re-resolve every interesting service, ignoring cached indexes.
     full: bool,
     published: bool,
+    /// Last index of the services, checks and nodes feeds, to notice one going backwards.
+    feed_indexes: [u64; 3],
     tx: watch::Sender<Arc<CatalogSnapshot>>,
 }
 
@@ -328,6 +331,7 @@ impl Coordinator {
         let Some(event) = rx.borrow_and_update().clone() else {
             return;
         };
+        self.note_feed_index(0, event.index);
         let old = std::mem::replace(&mut self.services, event.payload);
         for (name, tags) in self.services.iter() {
             if old.get(name) != Some(tags) {
@@ -348,6 +352,7 @@ impl Coordinator {
         let Some(event) = rx.borrow_and_update().clone() else {
             return;
         };
+        self.note_feed_index(1, event.index);
         let old = self.checks.replace(event.payload.clone());
         let Some(old) = old else {
             return;
@@ -371,6 +376,7 @@ impl Coordinator {
         let Some(event) = rx.borrow_and_update().clone() else {
             return;
         };
+        self.note_feed_index(2, event.index);
         let old = self.nodes.replace(event.payload.clone());
         let Some(old) = old else {
             return;
@@ -382,6 +388,21 @@ impl Coordinator {
             .chain(event.payload.keys().filter(|n| !old.contains_key(*n)))
             .collect();
         self.mark_nodes(changed.into_iter().cloned());
+    }
+
+    /// A feed index that goes backwards means the server's state started over (restored
+    /// snapshot, lost data): per-service indexes may repeat for different data, so the cached
+    /// ones can no longer prove "no change" and everything is re-read.
+    fn note_feed_index(&mut self, feed: usize, index: u64) {
+        let last = std::mem::replace(&mut self.feed_indexes[feed], index);
+        if index < last {
+            tracing::info!(
+                old = last,
+                new = index,
+                "a catalog feed index went backwards, re-reading every service"
+            );
+            self.full = true;
+        }
     }
 
     fn mark_nodes(&mut self, nodes: impl IntoIterator<Item = String>) {
