@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::consul::{ConsulClient, Interest};
 use crate::domain::{CatalogSnapshot, Instance, ServiceIntent, ServiceName};
-use crate::haproxy::Supervisor;
+use crate::haproxy::{EnsureOutcome, Supervisor};
 use crate::intent_store::{IntentStore, Intents};
 use crate::plan::{
     Change, PARKED_ADDR, PARKED_PORT, Plan, PlanSettings, RuntimeCommand, ServerAdminState,
@@ -274,8 +274,9 @@ impl Reconciler {
                 }
             }
         }
-        self.publish_interest();
-        // 2. The first catalog snapshot of those services.
+        let routed = self.publish_interest();
+        // 2. The first catalog snapshot of those services; services it does not hold yet (the
+        // watcher may still be taking in the new interest) are read directly.
         tokio::select! {
             _ = shutdown.cancelled() => return false,
             changed = self.inputs.catalog.changed() => {
@@ -284,6 +285,7 @@ impl Reconciler {
                 }
             }
         }
+        self.read_new_services(routed).await;
         // 3. Render, start or adopt HAProxy, and go live.
         backoff = Duration::from_millis(200);
         loop {
@@ -440,7 +442,19 @@ impl Reconciler {
 
     async fn check_haproxy(&mut self) {
         match self.supervisor.ensure_running().await {
-            Ok(outcome) => debug!(?outcome, "HAProxy checked"),
+            Ok(EnsureOutcome::Healthy) => debug!("HAProxy is running"),
+            Ok(outcome) => {
+                warn!(
+                    ?outcome,
+                    "HAProxy was recovered; re-applying the runtime state"
+                );
+                if let Some(live) = &self.live {
+                    let plan = live.plan.clone();
+                    if let Err(error) = self.apply_full_runtime_state(&plan).await {
+                        warn!(%error, "cannot re-apply the runtime state");
+                    }
+                }
+            }
             Err(error) => warn!(error = %chain(&error), "HAProxy check failed"),
         }
     }
@@ -744,4 +758,62 @@ pub fn chain(error: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Health, InstanceId, NodeName, Weights};
+
+    #[test]
+    fn full_runtime_state_sets_every_slot() {
+        let params: BTreeMap<String, String> = [("serviceName", "web"), ("servicePath", "/")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let intent = ServiceIntent::from_params(&params).unwrap();
+        let intents: Intents = [(intent.name.clone(), intent)].into_iter().collect();
+        let mut catalog = CatalogSnapshot::new();
+        catalog.set_service(
+            ServiceName::new("web").unwrap(),
+            vec![Instance {
+                id: InstanceId::new("web-1").unwrap(),
+                node: NodeName::new("n1").unwrap(),
+                address: "10.0.0.1".parse().unwrap(),
+                port: 8080,
+                tags: BTreeSet::new(),
+                meta: BTreeMap::new(),
+                health: Health::Passing,
+                weights: Weights::default(),
+            }],
+        );
+        let p = plan(
+            &intents,
+            &catalog,
+            &SlotTable::default(),
+            &PlanSettings::default(),
+        );
+        let lines: Vec<String> = full_runtime_state(&p)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(lines[0], "set server web-be/s1 addr 10.0.0.1 port 8080");
+        assert!(lines[1].starts_with("set server web-be/s1 weight "));
+        assert_eq!(lines[2], "set server web-be/s1 state ready");
+        assert_eq!(lines[3], "set server web-be/s2 state maint");
+        assert_eq!(lines[4], "set server web-be/s2 addr 127.0.0.1 port 1");
+        let slots = p.backends.values().next().unwrap().slots.len();
+        assert_eq!(lines.len(), 3 * slots);
+    }
+
+    #[test]
+    fn error_chain_joins_sources() {
+        let inner = std::io::Error::other("disk full");
+        let outer = crate::haproxy::SupervisorError::Io {
+            what: "cannot write",
+            path: "/x".into(),
+            source: inner,
+        };
+        assert_eq!(chain(&outer), "cannot write /x: disk full");
+    }
 }

@@ -399,3 +399,41 @@ pub fn serve(
         .graceful(shutdown.cancelled_owned());
     tokio::spawn(server.run())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_keeps_the_first_value_url_decoded() {
+        let p = parse_query("serviceName=go-demo&servicePath=%2Fdemo&serviceName=other&x");
+        assert_eq!(p["serviceName"], "go-demo");
+        assert_eq!(p["servicePath"], "/demo");
+        assert_eq!(p["x"], "");
+        assert!(parse_query("").is_empty());
+    }
+
+    #[test]
+    fn one_mapping_of_errors_to_status_codes() {
+        assert_eq!(ApiError::BadRequest(String::new()).status(), 400);
+        assert_eq!(ApiError::Unavailable(String::new()).status(), 503);
+        assert_eq!(ApiError::Failed(String::new()).status(), 500);
+        assert!(matches!(
+            ApiError::from(ApplyError::NotReady),
+            ApiError::Unavailable(_)
+        ));
+        assert!(matches!(
+            ApiError::from(ApplyError::Failed("x".into())),
+            ApiError::Failed(m) if m == "x"
+        ));
+    }
+
+    #[test]
+    fn response_fields_keep_dfp_order() {
+        let body = ResponseBody::from(ReconfigureEcho::from_params(&Params::new(), "OK", ""));
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"Status":"OK","Message":"","ServiceName":"","ServiceColor":"","ServicePath":null,"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false}"#
+        );
+    }
+}
