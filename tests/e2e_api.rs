@@ -232,3 +232,40 @@ async fn the_catalog_is_followed_without_further_calls() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_unreachable_gives_503_and_keeps_serving() {
+    if !haproxy_available() {
+        return;
+    }
+    let mut registry = Registry::start().await;
+    let mut proxy = Proxy::start(&registry, "docker-flow").await;
+    let app = backend("app").await;
+    registry.register("app", 1, app).await;
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=app&servicePath=/app")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let config_before = proxy.call("/v1/docker-flow-proxy/config").await;
+
+    registry.running.take().unwrap().shutdown().await.unwrap();
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=other&servicePath=/other")
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Could not send data to Consul"), "{body}");
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/remove?serviceName=app")
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Consul"), "{body}");
+    assert_eq!(
+        proxy.call("/v1/docker-flow-proxy/config").await,
+        config_before
+    );
+    assert_eq!(
+        proxy.get("localhost", "/app").await,
+        (200, "app\n".to_owned())
+    );
+    proxy.stop().await;
+}
