@@ -174,6 +174,7 @@ pub struct ReconcilerInputs {
 struct Live {
     plan: Plan,
     text: String,
+    intents: Intents,
 }
 
 /// A service read directly, valid until the catalog watcher has caught up.
@@ -317,7 +318,8 @@ impl Reconciler {
     }
 
     async fn start(&mut self) -> Result<(), ApplyError> {
-        let desired = self.desired();
+        let intents = self.intents.clone();
+        let desired = self.desired(&intents);
         let text = self.render(&desired)?;
         let (pid, adopted) = self
             .supervisor
@@ -337,7 +339,7 @@ impl Reconciler {
             }
         }
         self.apply_full_runtime_state(&desired).await?;
-        self.went_live(desired, text);
+        self.went_live(desired, text, intents);
         Ok(())
     }
 
@@ -434,8 +436,17 @@ impl Reconciler {
             if let Err(error) = &result {
                 warn!(%error, "apply failed; the last-known-good configuration stays live");
             }
-            for tx in batch.replies {
-                let _ = tx.send(result.clone());
+            // Each request learns whether its own change is live.
+            let live = self.live.as_ref().map(|l| &l.intents);
+            for (target, tx) in batch.replies {
+                let own = match (&result, &target, live) {
+                    (Ok(()), _, _) => Ok(()),
+                    (Err(_), Some((name, want)), Some(live)) if live.get(name) == want.as_ref() => {
+                        Ok(())
+                    }
+                    (Err(e), _, _) => Err(e.clone()),
+                };
+                let _ = tx.send(own);
             }
         }
     }
@@ -473,11 +484,11 @@ impl Reconciler {
         snapshot
     }
 
-    fn desired(&mut self) -> Plan {
+    fn desired(&mut self, intents: &Intents) -> Plan {
         let catalog = self.effective_catalog();
         let empty = SlotTable::default();
         let previous = self.live.as_ref().map_or(&empty, |l| &l.plan.slots);
-        plan(&self.intents, &catalog, previous, &self.options.plan)
+        plan(intents, &catalog, previous, &self.options.plan)
     }
 
     fn render(&self, desired: &Plan) -> Result<String, ApplyError> {
@@ -541,7 +552,57 @@ impl Reconciler {
     async fn apply(&mut self, force_reload: bool) -> Result<(), ApplyError> {
         let added = self.publish_interest();
         self.read_new_services(added).await;
-        let desired = self.desired();
+        let intents = self.intents.clone();
+        let Err(error) = self.apply_intents(intents, force_reload).await else {
+            return Ok(());
+        };
+        self.set_error(Some(error.to_string()));
+        // A change that cannot go live must not block the others: starting from the live
+        // intents, each changed service is taken in only if the configuration still validates;
+        // the rest keep their live version. Catalog changes apply either way.
+        if let Some(live) = &self.live {
+            let live_intents = live.intents.clone();
+            let changed = changed_services(&self.intents, &live_intents);
+            let mut candidate = keep_live_versions(&self.intents, &live_intents);
+            let mut held = Vec::new();
+            for name in changed {
+                let mut trial = candidate.clone();
+                match self.intents.get(&name) {
+                    Some(intent) => trial.insert(name.clone(), intent.clone()),
+                    None => trial.remove(&name),
+                };
+                if self.validates(&trial).await {
+                    candidate = trial;
+                } else {
+                    held.push(name.to_string());
+                }
+            }
+            warn!(services = ?held, "these changes cannot go live; keeping their live version");
+            if candidate != self.intents
+                && let Err(e) = self.apply_intents(candidate, false).await
+            {
+                warn!(error = %e, "the other changes cannot be applied either");
+            }
+            self.set_error(Some(error.to_string()));
+        }
+        Err(error)
+    }
+
+    /// Whether the configuration for `intents` passes `haproxy -c`.
+    async fn validates(&mut self, intents: &Intents) -> bool {
+        let desired = self.desired(intents);
+        match self.render(&desired) {
+            Ok(text) => self.supervisor.validate(&text).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    async fn apply_intents(
+        &mut self,
+        intents: Intents,
+        force_reload: bool,
+    ) -> Result<(), ApplyError> {
+        let desired = self.desired(&intents);
         let text = self.render(&desired)?;
         self.last_apply = Some(Instant::now());
         let Some(live) = &self.live else {
@@ -552,12 +613,10 @@ impl Reconciler {
         } else {
             diff(&live.plan, &desired)
         };
-        let result = match change {
+        match change {
             Change::None => {
                 if text != live.text {
-                    self.install(&text).await
-                } else {
-                    Ok(())
+                    self.install(&text).await?;
                 }
             }
             Change::Runtime(commands) => {
@@ -567,25 +626,17 @@ impl Reconciler {
                 );
                 let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 match self.supervisor.runtime_api().execute_checked(&lines).await {
-                    Ok(_) => self.install(&text).await,
+                    Ok(_) => self.install(&text).await?,
                     Err(error) => {
                         warn!(error = %chain(&error), "runtime commands failed; reloading instead");
-                        self.reload(&desired, &text).await
+                        self.reload(&desired, &text).await?;
                     }
                 }
             }
-            Change::Reload => self.reload(&desired, &text).await,
-        };
-        match result {
-            Ok(()) => {
-                self.went_live(desired, text);
-                Ok(())
-            }
-            Err(error) => {
-                self.set_error(Some(error.to_string()));
-                Err(error)
-            }
+            Change::Reload => self.reload(&desired, &text).await?,
         }
+        self.went_live(desired, text, intents);
+        Ok(())
     }
 
     async fn install(&mut self, text: &str) -> Result<(), ApplyError> {
@@ -625,18 +676,19 @@ impl Reconciler {
             .map_err(|e| ApplyError::Failed(chain(&e)))
     }
 
-    fn went_live(&mut self, desired: Plan, text: String) {
+    fn went_live(&mut self, desired: Plan, text: String, intents: Intents) {
         self.generation += 1;
         let status = Status {
             ready: true,
             generation: self.generation,
-            intents: Arc::new(self.intents.clone()),
+            intents: Arc::new(intents.clone()),
             plan: Some(Arc::new(desired.clone())),
             last_error: None,
         };
         self.live = Some(Live {
             plan: desired,
             text,
+            intents,
         });
         self.status.send_replace(Arc::new(status));
     }
@@ -652,7 +704,12 @@ impl Reconciler {
 
 #[derive(Default)]
 struct Batch {
-    replies: Vec<oneshot::Sender<Result<(), ApplyError>>>,
+    /// Each request's reply, with the intent it asked for (`None` for a reload).
+    #[allow(clippy::type_complexity)]
+    replies: Vec<(
+        Option<(ServiceName, Option<ServiceIntent>)>,
+        oneshot::Sender<Result<(), ApplyError>>,
+    )>,
     /// Intents set or removed by the requests of this batch.
     pending: BTreeMap<ServiceName, Option<ServiceIntent>>,
     watcher: bool,
@@ -666,17 +723,19 @@ impl Batch {
         match request {
             Request::Put(intent, tx) => {
                 intents.insert(intent.name.clone(), (*intent).clone());
-                self.pending.insert(intent.name.clone(), Some(*intent));
-                self.replies.push(tx);
+                self.pending
+                    .insert(intent.name.clone(), Some((*intent).clone()));
+                self.replies
+                    .push((Some((intent.name.clone(), Some(*intent))), tx));
             }
             Request::Remove(name, tx) => {
                 intents.remove(&name);
-                self.pending.insert(name, None);
-                self.replies.push(tx);
+                self.pending.insert(name.clone(), None);
+                self.replies.push((Some((name, None)), tx));
             }
             Request::Reload(tx) => {
                 self.reload = true;
-                self.replies.push(tx);
+                self.replies.push((None, tx));
             }
         }
     }
@@ -694,6 +753,28 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// `wanted` with every service whose intent differs from `live` put back to its live version
+/// (added services dropped, removed ones restored).
+fn keep_live_versions(wanted: &Intents, live: &Intents) -> Intents {
+    let mut out = wanted.clone();
+    for name in changed_services(wanted, live) {
+        match live.get(&name) {
+            Some(intent) => out.insert(name, intent.clone()),
+            None => out.remove(&name),
+        };
+    }
+    out
+}
+
+/// Services whose intent differs between `a` and `b` (present in one only, or different).
+fn changed_services(a: &Intents, b: &Intents) -> BTreeSet<ServiceName> {
+    a.keys()
+        .chain(b.keys())
+        .filter(|name| a.get(*name) != b.get(*name))
+        .cloned()
+        .collect()
 }
 
 /// Commands that set every slot of `plan` to its planned address, weight and state, whatever
@@ -804,6 +885,31 @@ mod tests {
         assert_eq!(lines[4], "set server web-be/s2 addr 127.0.0.1 port 1");
         let slots = p.backends.values().next().unwrap().slots.len();
         assert_eq!(lines.len(), 3 * slots);
+    }
+
+    fn intent(name: &str, path: &str) -> ServiceIntent {
+        let params: BTreeMap<String, String> = [("serviceName", name), ("servicePath", path)]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ServiceIntent::from_params(&params).unwrap()
+    }
+
+    fn intents(list: &[ServiceIntent]) -> Intents {
+        list.iter().map(|i| (i.name.clone(), i.clone())).collect()
+    }
+
+    #[test]
+    fn changed_services_fall_back_to_their_live_version() {
+        let live = intents(&[intent("a", "/a"), intent("b", "/b"), intent("c", "/c")]);
+        let wanted = intents(&[intent("a", "/a"), intent("b", "/b2"), intent("d", "/d")]);
+        let names: Vec<String> = changed_services(&wanted, &live)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names, vec!["b", "c", "d"]);
+        assert_eq!(keep_live_versions(&wanted, &live), live);
+        assert_eq!(keep_live_versions(&live, &live), live);
     }
 
     #[test]

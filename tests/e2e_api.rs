@@ -269,3 +269,88 @@ async fn consul_unreachable_gives_503_and_keeps_serving() {
     );
     proxy.stop().await;
 }
+
+/// A change HAProxy refuses answers 500 with HAProxy's reason, is taken back out of KV, and
+/// blocks nothing else. The refusal is injected from the test side: `HAPROXY_BIN` is a wrapper
+/// whose `-c` refuses any configuration routing the service `poison`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_answers_500_and_blocks_nothing_else() {
+    if !haproxy_available() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("haproxy-wrapper");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nif [ \"$1\" = \"-c\" ] && grep -q url_poison \"$3\"; then\n  \
+         echo \"[ALERT]    (1) : config : parsing [$3:1] : poisoned service refused\" >&2\n  \
+         exit 1\nfi\nexec haproxy \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let registry = Registry::start().await;
+    let mut proxy = Proxy::start_with(
+        &registry,
+        "docker-flow",
+        &["--haproxy-bin".to_owned(), wrapper.display().to_string()],
+    )
+    .await;
+    let app = backend("app").await;
+    registry.register("app", 1, app).await;
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=app&servicePath=/app")
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=poison&servicePath=/poison")
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.starts_with(r#"{"Status":"NOK","Message":""#), "{body}");
+    assert!(body.contains("poisoned service refused"), "{body}");
+    assert!(
+        !body.contains("frontend services"),
+        "never the whole config: {body}"
+    );
+    assert!(registry.kv_keys("docker-flow/poison/").await.is_empty());
+
+    // Later changes still apply, and the earlier route still works.
+    let other = backend("other").await;
+    registry.register("other", 1, other).await;
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=other&servicePath=/other")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        proxy.get("localhost", "/other").await,
+        (200, "other\n".to_owned())
+    );
+    assert_eq!(
+        proxy.get("localhost", "/app").await,
+        (200, "app\n".to_owned())
+    );
+    assert_eq!(proxy.get("localhost", "/poison").await.0, 503);
+
+    // The same refused intent written straight into KV (as another replica or a tool might)
+    // does not block later changes either.
+    registry
+        .client
+        .kv_put(
+            &flow_proxy::consul::KvKey::new("docker-flow/poison/path").unwrap(),
+            b"/poison",
+            None,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = backend("third").await;
+    registry.register("third", 1, third).await;
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=third&servicePath=/third")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(proxy.get("localhost", "/third").await, (200, "third\n".to_owned()));
+    assert_eq!(proxy.get("localhost", "/app").await, (200, "app\n".to_owned()));
+    proxy.stop().await;
+}

@@ -191,9 +191,13 @@ pub fn routes(
         .and(warp::path::end())
         .and(with_state.clone())
         .then(|state: Arc<ApiState>| async move {
-            match state.reconciler.reload().await {
+            let result = match not_ready(&state) {
+                Ok(()) => state.reconciler.reload().await.map_err(ApiError::from),
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(()) => ok(&Params::new()),
-                Err(e) => error(&Params::new(), &ApiError::from(e)),
+                Err(e) => error(&Params::new(), &e),
             }
         });
     let ping = dfp

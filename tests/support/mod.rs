@@ -127,6 +127,11 @@ pub struct Proxy {
 impl Proxy {
     /// Starts flow-proxy on `registry` and waits until `ping` answers 200.
     pub async fn start(registry: &Registry, instance: &str) -> Proxy {
+        Self::start_with(registry, instance, &[]).await
+    }
+
+    /// Like [`Proxy::start`], with extra command-line arguments.
+    pub async fn start_with(registry: &Registry, instance: &str, extra: &[String]) -> Proxy {
         let data_dir = tempfile::Builder::new()
             .prefix("fp")
             .tempdir_in("/tmp")
@@ -134,7 +139,7 @@ impl Proxy {
         let http_port = free_port();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap();
-        let cli = Cli::try_parse_from([
+        let mut argv = vec![
             "flow-proxy".to_owned(),
             "server".to_owned(),
             "--consul-address".to_owned(),
@@ -148,8 +153,9 @@ impl Proxy {
             "--data-dir".to_owned(),
             data_dir.path().display().to_string(),
             "--stop-haproxy-on-exit".to_owned(),
-        ])
-        .unwrap();
+        ];
+        argv.extend(extra.iter().cloned());
+        let cli = Cli::try_parse_from(argv).unwrap();
         let Command::Server(args) = cli.command else {
             panic!("expected server")
         };
