@@ -350,7 +350,71 @@ async fn a_refused_change_answers_500_and_blocks_nothing_else() {
         .call("/v1/docker-flow-proxy/reconfigure?serviceName=third&servicePath=/third")
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(proxy.get("localhost", "/third").await, (200, "third\n".to_owned()));
-    assert_eq!(proxy.get("localhost", "/app").await, (200, "app\n".to_owned()));
+    assert_eq!(
+        proxy.get("localhost", "/third").await,
+        (200, "third\n".to_owned())
+    );
+    assert_eq!(
+        proxy.get("localhost", "/app").await,
+        (200, "app\n".to_owned())
+    );
     proxy.stop().await;
+}
+
+/// Before the recovered configuration is live, `ping` answers 503 and writes are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_recovered_configuration_is_live() {
+    use clap::Parser;
+    let data_dir = tempfile::Builder::new()
+        .prefix("fp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    // Nothing listens there: intents cannot be recovered, so the proxy never gets ready.
+    let consul = format!("http://127.0.0.1:{}", support::free_port());
+    let cli = flow_proxy::settings::Cli::try_parse_from([
+        "flow-proxy".to_owned(),
+        "server".to_owned(),
+        "--consul-address".to_owned(),
+        consul,
+        "--bind-address".to_owned(),
+        "127.0.0.1".to_owned(),
+        "--http-port".to_owned(),
+        support::free_port().to_string(),
+        "--data-dir".to_owned(),
+        data_dir.path().display().to_string(),
+    ])
+    .unwrap();
+    let flow_proxy::settings::Command::Server(args) = cli.command else {
+        panic!("expected server")
+    };
+    flow_proxy::tls::install_crypto_provider();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(flow_proxy::server::run_server_on(
+        *args,
+        listener,
+        shutdown.clone(),
+    ));
+    wait_until("the API answers", || async {
+        api_call(api, "GET", "/v1/test").await.0 == 200
+    })
+    .await;
+    let (status, body) = api_call(api, "GET", "/v1/docker-flow-proxy/ping").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not live yet"), "{body}");
+    let (status, _) = api_call(
+        api,
+        "GET",
+        "/v1/docker-flow-proxy/reconfigure?serviceName=a&servicePath=/a",
+    )
+    .await;
+    assert_eq!(status, 503);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("stops while still recovering")
+        .unwrap()
+        .unwrap();
+    assert!(!data_dir.path().join("haproxy.pid").exists());
 }
