@@ -152,6 +152,22 @@ fn help_lists_the_subcommands() {
         "CONSUL_CLIENT_KEY",
         "EMBEDDED_REGISTRY_ADDRESS",
         "DATA_DIR",
+        "PROXY_INSTANCE_NAME",
+        "API_ADDRESS",
+        "BIND_ADDRESS",
+        "HTTP_PORT",
+        "HTTPS_PORT",
+        "HAPROXY_BIN",
+        "TEMPLATES_ROOT",
+        "HEALTH_FILTER",
+        "TIMEOUT_CONNECT",
+        "TIMEOUT_CLIENT",
+        "TIMEOUT_SERVER",
+        "TIMEOUT_QUEUE",
+        "TIMEOUT_HTTP_REQUEST",
+        "TIMEOUT_HTTP_KEEP_ALIVE",
+        "MAXCONN",
+        "STOP_HAPROXY_ON_EXIT",
     ] {
         assert!(text.contains(setting), "{setting} missing from:\n{text}");
     }
