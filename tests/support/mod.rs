@@ -136,7 +136,20 @@ impl Proxy {
             .prefix("fp")
             .tempdir_in("/tmp")
             .unwrap();
-        let http_port = free_port();
+        let mut extra = extra.to_vec();
+        extra.push("--stop-haproxy-on-exit".to_owned());
+        Self::start_in(registry, instance, &extra, data_dir, free_port()).await
+    }
+
+    /// Starts flow-proxy in `data_dir` with HAProxy on `http_port`; HAProxy is left running
+    /// at exit unless `extra` holds `--stop-haproxy-on-exit`.
+    pub async fn start_in(
+        registry: &Registry,
+        instance: &str,
+        extra: &[String],
+        data_dir: tempfile::TempDir,
+        http_port: u16,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap();
         let mut argv = vec![
@@ -152,7 +165,6 @@ impl Proxy {
             http_port.to_string(),
             "--data-dir".to_owned(),
             data_dir.path().display().to_string(),
-            "--stop-haproxy-on-exit".to_owned(),
         ];
         argv.extend(extra.iter().cloned());
         let cli = Cli::try_parse_from(argv).unwrap();
@@ -193,7 +205,7 @@ impl Proxy {
         http(self.http_port, "GET", host, path).await
     }
 
-    /// Stops flow-proxy and its HAProxy.
+    /// Stops flow-proxy (and its HAProxy when it was started with `--stop-haproxy-on-exit`).
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
@@ -208,8 +220,9 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        // Last resort when a test failed before stop(): don't leave HAProxy behind.
-        if self.task.is_some() {
+        // Don't leave HAProxy behind: a test that failed before stop(), or one that kept
+        // HAProxy running on purpose.
+        if self.task.is_some() || self.data_dir.path().join("haproxy.pid").exists() {
             let pid_file = self.data_dir.path().join("haproxy.pid");
             if let Ok(pid) = std::fs::read_to_string(pid_file) {
                 let _ = std::process::Command::new("kill").arg(pid.trim()).status();
