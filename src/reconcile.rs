@@ -181,10 +181,15 @@ struct Live {
 struct Overlay {
     instances: Vec<Instance>,
     until: Instant,
+    reads: u32,
 }
 
-/// How long a direct read stands in for the catalog watcher.
-const OVERLAY_TTL: Duration = Duration::from_secs(5);
+/// How long a direct read stands in for the catalog watcher before it is read again. A service
+/// the snapshot lacks is either not in the catalog or not read by the watcher yet; a fresh read
+/// tells which, so a deregistration is never hidden for longer than this.
+const OVERLAY_TTL: Duration = Duration::from_secs(1);
+/// Direct reads of one service before the watcher's view is trusted alone.
+const OVERLAY_MAX_READS: u32 = 30;
 
 /// The reconciler task.
 pub struct Reconciler {
@@ -473,10 +478,9 @@ impl Reconciler {
     /// The catalog the plan sees: the watcher's snapshot, plus direct reads of services it does
     /// not track yet.
     fn effective_catalog(&mut self) -> CatalogSnapshot {
-        let now = Instant::now();
         let catalog = &self.catalog;
         self.overlay
-            .retain(|name, o| o.until > now && catalog.instances(name).is_none());
+            .retain(|name, _| catalog.instances(name).is_none());
         let mut snapshot = (*self.catalog).clone();
         for (name, o) in &self.overlay {
             snapshot.set_service(name.clone(), o.instances.clone());
@@ -521,8 +525,24 @@ impl Reconciler {
         added
     }
 
+    /// Reads newly routed services the snapshot lacks, and re-reads expired stand-ins.
     async fn read_new_services(&mut self, added: BTreeSet<ServiceName>) {
-        for name in added {
+        let now = Instant::now();
+        let routed: BTreeSet<&ServiceName> =
+            self.intents.values().map(|i| &i.catalog_service).collect();
+        let catalog = &self.catalog;
+        self.overlay.retain(|name, o| {
+            routed.contains(name)
+                && catalog.instances(name).is_none()
+                && (o.until > now || o.reads < OVERLAY_MAX_READS)
+        });
+        let expired: Vec<ServiceName> = self
+            .overlay
+            .iter()
+            .filter(|(_, o)| o.until <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in added.into_iter().chain(expired) {
             if self.catalog.instances(&name).is_some() {
                 continue;
             }
@@ -532,20 +552,38 @@ impl Reconciler {
             )
             .await;
             match read {
+                Ok(Ok(read)) if read.instances.is_empty() => {
+                    // Agrees with a snapshot that lacks the service.
+                    self.overlay.remove(&name);
+                }
                 Ok(Ok(read)) => {
+                    let reads = self.overlay.get(&name).map_or(0, |o| o.reads) + 1;
                     self.overlay.insert(
                         name,
                         Overlay {
                             instances: read.instances,
                             until: Instant::now() + OVERLAY_TTL,
+                            reads,
                         },
                     );
                 }
                 Ok(Err(error)) => {
-                    warn!(service = %name, error = %chain(&error), "cannot read a newly routed service")
+                    warn!(service = %name, error = %chain(&error), "cannot read a newly routed service");
+                    self.postpone(&name);
                 }
-                Err(_) => warn!(service = %name, "reading a newly routed service timed out"),
+                Err(_) => {
+                    warn!(service = %name, "reading a newly routed service timed out");
+                    self.postpone(&name);
+                }
             }
+        }
+    }
+
+    /// After a failed read, a stand-in keeps its instances until the next attempt.
+    fn postpone(&mut self, name: &ServiceName) {
+        if let Some(o) = self.overlay.get_mut(name) {
+            o.until = Instant::now() + OVERLAY_TTL;
+            o.reads += 1;
         }
     }
 

@@ -418,3 +418,70 @@ async fn not_ready_until_the_recovered_configuration_is_live() {
         .unwrap();
     assert!(!data_dir.path().join("haproxy.pid").exists());
 }
+
+/// A service whose instances all disappear keeps its route and answers 503: it never falls
+/// through to a catch-all. Wildcard domains match subdomains only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_service_answers_503_and_wildcards_match_subdomains() {
+    if !haproxy_available() {
+        return;
+    }
+    let registry = Registry::start().await;
+    let mut proxy = Proxy::start(&registry, "docker-flow").await;
+    let (root, api, wild) = (
+        backend("root").await,
+        backend("api").await,
+        backend("wild").await,
+    );
+    registry.register("root", 1, root).await;
+    let api_id = registry.register("api", 1, api).await;
+    registry.register("wild", 1, wild).await;
+    for query in [
+        "serviceName=root&servicePath=/",
+        "serviceName=api&servicePath=/api",
+        "serviceName=wild&servicePath=/&serviceDomain=*.example.org",
+    ] {
+        let (status, body) = proxy
+            .call(&format!("/v1/docker-flow-proxy/reconfigure?{query}"))
+            .await;
+        assert_eq!(status, 200, "{query}: {body}");
+    }
+    assert_eq!(
+        proxy.get("localhost", "/api/x").await,
+        (200, "api\n".to_owned())
+    );
+    assert_eq!(
+        proxy.get("localhost", "/else").await,
+        (200, "root\n".to_owned())
+    );
+    assert_eq!(
+        proxy.get("a.example.org", "/x").await,
+        (200, "wild\n".to_owned())
+    );
+    assert_eq!(
+        proxy.get("A.B.Example.org:80", "/x").await,
+        (200, "wild\n".to_owned())
+    );
+    assert_eq!(
+        proxy.get("example.org", "/x").await,
+        (200, "root\n".to_owned())
+    );
+    assert_eq!(
+        proxy.get("a.example.org.evil.com", "/x").await,
+        (200, "root\n".to_owned())
+    );
+
+    registry.deregister(&api_id).await;
+    wait_until("the emptied service answers 503", || async {
+        proxy.get("localhost", "/api/x").await.0 == 503
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(proxy.get("localhost", "/api/x").await.0, 503);
+    }
+    assert_eq!(
+        proxy.get("localhost", "/else").await,
+        (200, "root\n".to_owned())
+    );
+    proxy.stop().await;
+}
