@@ -182,6 +182,17 @@ async fn the_catalog_is_followed_without_further_calls() {
         seen.insert(proxy.get("localhost", "/svc").await.1);
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
+    // An identical reconfigure changes nothing; instance churn needs no reload.
+    let worker = proxy.worker_pid().await;
+    let (status, _) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=svc&servicePath=/svc")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        proxy.worker_pid().await,
+        worker,
+        "no reload for an unchanged intent"
+    );
     registry.deregister(&id1).await;
     wait_until("the deregistered instance gets no traffic", || async {
         for _ in 0..6 {
@@ -192,6 +203,11 @@ async fn the_catalog_is_followed_without_further_calls() {
         true
     })
     .await;
+    assert_eq!(
+        proxy.worker_pid().await,
+        worker,
+        "no reload for instance churn"
+    );
 
     // A critical instance is not routed: its service keeps its route and answers 503.
     let sick = backend("sick").await;

@@ -205,6 +205,22 @@ impl Proxy {
         http(self.http_port, "GET", host, path).await
     }
 
+    /// The pid of HAProxy's current worker (`show info` on the runtime socket): a reload
+    /// changes it, a runtime-API change does not.
+    pub async fn worker_pid(&self) -> u32 {
+        let mut s = tokio::net::UnixStream::connect(self.data_dir.path().join("admin.sock"))
+            .await
+            .unwrap();
+        s.write_all(b"show info\n").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out.lines()
+            .find_map(|l| l.strip_prefix("Pid: "))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no Pid in show info: {out}"))
+    }
+
     /// Stops flow-proxy (and its HAProxy when it was started with `--stop-haproxy-on-exit`).
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
