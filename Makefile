@@ -4,9 +4,14 @@
 DATA_DIR ?= $(CURDIR)/.data
 export FLOW_PROXY_PYTHON ?= $(CURDIR)/target/py-venv/bin/python
 
-# Runs flow-proxy on its embedded registry, unprivileged, with its state inside the checkout.
+HTTP_PORT ?= 8081
+API_ADDRESS ?= 127.0.0.1:8080
+
+# Runs flow-proxy and HAProxy on the embedded registry, unprivileged, with their state inside
+# the checkout: HAProxy on 127.0.0.1:$(HTTP_PORT), the API on $(API_ADDRESS).
 run:
-	DATA_DIR=$(DATA_DIR) cargo run --release -- server
+	DATA_DIR=$(DATA_DIR) HTTP_PORT=$(HTTP_PORT) API_ADDRESS=$(API_ADDRESS) BIND_ADDRESS=127.0.0.1 \
+		cargo run --release -- server
 
 build:
 	cargo build --all-targets

@@ -8,16 +8,24 @@
 //! - [`render`]: the desired model → `haproxy.cfg` text through askama templates. Pure.
 //! - [`consul`]: the Consul HTTP client, blocking-query watchers and catalog change detection.
 //! - [`registry`]: the embedded single-node Consul-compatible registry.
+//! - [`intent_store`]: service intents in Consul KV (DFP's layout), written atomically, watched.
+//! - [`reconcile`]: the one task that drives HAProxy towards intents × catalog.
+//! - [`api`]: the Docker Flow: Proxy-compatible control API.
+//! - [`access_log`]: HAProxy's access log forwarded into flow-proxy's log.
 //! - [`settings`]: command line and environment settings.
 //! - [`server`]: wires the pieces together for `flow-proxy server`.
 //! - [`tls`]: the process-wide TLS crypto provider.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access_log;
+pub mod api;
 pub mod consul;
 pub mod ctmpl;
 pub mod domain;
 pub mod haproxy;
+pub mod intent_store;
 pub mod plan;
+pub mod reconcile;
 pub mod registry;
 pub mod render;
 pub mod server;

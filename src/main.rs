@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         match cli.command {
-            Command::Server(args) => flow_proxy::server::run_server(args, shutdown).await?,
+            Command::Server(args) => flow_proxy::server::run_server(*args, shutdown).await?,
             Command::Registry(args) => flow_proxy::server::run_registry(args, shutdown).await?,
         }
         Ok(())

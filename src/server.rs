@@ -1,22 +1,29 @@
 //! Wires the long-running pieces together for the `server` and `registry` subcommands.
 //!
 //! Owns start-up order and shutdown order. Must not hold domain logic: it only connects the
-//! registry, the Consul client and the watchers, and logs what they report.
+//! registry, the Consul client, the watchers, the reconciler and the API.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::access_log::{self, AccessLogError};
+use crate::api::{self, ApiState};
 use crate::consul::{
     CatalogWatcher, CatalogWatcherOptions, ConfigError, ConsulClient, ConsulConfig, Interest,
 };
-use crate::domain::CatalogSnapshot;
+use crate::haproxy::{HaproxyPaths, PathsError, SoftStopSettings, Supervisor, SupervisorOptions};
+use crate::intent_store::{IntentStore, IntentStoreError};
+use crate::plan::PlanSettings;
+use crate::reconcile::{Reconciler, ReconcilerInputs, ReconcilerOptions};
 use crate::registry::{self, RegistryConfig, RegistryError, RunningRegistry};
+use crate::render::{LogTarget, RenderSettings, Timeouts};
 use crate::settings::{
     ConsulArgs, REGISTRY_SUBDIR, RegistryArgs, ServerArgs, node_name_or_hostname,
 };
@@ -48,6 +55,15 @@ pub enum ServerError {
     /// The Consul settings are invalid.
     #[error("Consul settings: {0}")]
     Consul(#[from] ConfigError),
+    /// The instance name cannot be a KV root.
+    #[error("intent store: {0}")]
+    IntentStore(#[from] IntentStoreError),
+    /// The data directory cannot hold HAProxy's files.
+    #[error("HAProxy files: {0}")]
+    Paths(#[from] PathsError),
+    /// HAProxy's log listener could not start.
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
 }
 
 /// Runs `flow-proxy registry` until `shutdown` is cancelled.
@@ -67,11 +83,42 @@ pub async fn run_registry(
     Ok(())
 }
 
+/// How long the API may take to finish open requests at shutdown.
+const API_GRACE: Duration = Duration::from_secs(10);
+/// How long an apply in flight may take to finish at shutdown.
+const RECONCILER_GRACE: Duration = Duration::from_secs(60);
+
 /// Runs `flow-proxy server` until `shutdown` is cancelled.
 ///
 /// Without a Consul address the embedded registry is served and then used through the very
-/// same HTTP client as a real Consul, so both modes share one code path.
+/// same HTTP client as a real Consul, so both modes share one code path. Start-up: the API
+/// listener is bound first (a bind error ends the run), then the watchers and the reconciler
+/// start; `ping` answers 200 once the recovered configuration is live. Shutdown: the API
+/// stops, then the watchers, then the reconciler finishes an apply in flight.
 pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> Result<(), ServerError> {
+    if let Some(addresses) = args.consul.consul_address.as_deref()
+        && !addresses.trim().is_empty()
+    {
+        // Bad settings are reported before anything is bound.
+        consul_config(addresses, &args.consul)?;
+    }
+    let api_address = args.api_socket_address();
+    let api_listener =
+        TcpListener::bind(api_address)
+            .await
+            .map_err(|source| ServerError::Bind {
+                address: api_address,
+                source,
+            })?;
+    run_server_on(args, api_listener, shutdown).await
+}
+
+/// Like [`run_server`], with the API served on an already bound listener.
+pub async fn run_server_on(
+    args: ServerArgs,
+    api_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let (consul_config, embedded) = match args.consul.consul_address.as_deref() {
         Some(addresses) if !addresses.trim().is_empty() => {
             (consul_config(addresses, &args.consul)?, None)
@@ -87,36 +134,127 @@ pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> Result
             (consul_config(&address, &args.consul)?, Some(running))
         }
     };
-    let client = ConsulClient::new(&consul_config)?;
-    info!(consul = %client.current_address(), "watching the Consul catalog");
-
-    let watchers = shutdown.child_token();
-    let (_interest, interest_rx) = watch::channel(Interest::All);
-    let mut snapshots = CatalogWatcher::spawn(
-        client,
-        interest_rx,
-        CatalogWatcherOptions::default(),
-        watchers.clone(),
-    );
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    warn!("the catalog watcher stopped");
-                    break;
-                }
-                let snapshot = Arc::clone(&snapshots.borrow_and_update());
-                log_snapshot(&snapshot);
-            }
-        }
-    }
-    watchers.cancel();
+    let result = run_proxy(&args, consul_config, api_listener, &shutdown).await;
     if let Some(running) = embedded {
         running.shutdown().await?;
         info!("embedded registry stopped");
     }
+    result
+}
+
+async fn run_proxy(
+    args: &ServerArgs,
+    consul_config: ConsulConfig,
+    api_listener: TcpListener,
+    shutdown: &CancellationToken,
+) -> Result<(), ServerError> {
+    let client = ConsulClient::new(&consul_config)?;
+    info!(consul = %client.current_address(), "using Consul");
+    let store = IntentStore::new(client.clone(), &args.proxy_instance_name)?;
+    let paths = HaproxyPaths::new(&args.data_dir)?;
+    tokio::fs::create_dir_all(&args.data_dir)
+        .await
+        .map_err(|source| ServerError::DataDir {
+            path: args.data_dir.clone(),
+            source,
+        })?;
+
+    let watchers = CancellationToken::new();
+    let log_address = access_log::spawn(watchers.clone()).await?;
+    let render = RenderSettings {
+        global_lines: paths.global_lines(&SoftStopSettings::default()),
+        defaults_lines: paths.defaults_lines(),
+        log: Some(LogTarget::Udp(log_address)),
+        timeouts: Timeouts {
+            connect: args.timeout_connect,
+            client: args.timeout_client,
+            server: args.timeout_server,
+            queue: args.timeout_queue,
+            http_request: args.timeout_http_request,
+            http_keep_alive: args.timeout_http_keep_alive,
+        },
+        maxconn: args.maxconn,
+        bind_address: args.bind_address,
+        http_port: args.http_port,
+        // HTTPS_PORT is bound once certificates exist; plain HTTP never listens there.
+        https_port: None,
+        health: None,
+    };
+    let options = ReconcilerOptions {
+        plan: PlanSettings {
+            health_filter: args.health_filter,
+            ..PlanSettings::default()
+        },
+        render,
+        stop_haproxy_on_exit: args.stop_haproxy_on_exit,
+        ..ReconcilerOptions::default()
+    };
+    let supervisor = Supervisor::new(
+        paths.clone(),
+        SupervisorOptions {
+            haproxy_binary: args.haproxy_bin.clone(),
+            ..SupervisorOptions::default()
+        },
+    );
+
+    let (interest_tx, interest_rx) = watch::channel(Interest::Services(BTreeSet::new()));
+    let catalog = CatalogWatcher::spawn(
+        client.clone(),
+        interest_rx,
+        CatalogWatcherOptions::default(),
+        watchers.clone(),
+    );
+    let intents = store.watch(watchers.clone());
+    let reconciler_stop = CancellationToken::new();
+    let (handle, reconciler) = Reconciler::spawn(
+        supervisor,
+        options,
+        ReconcilerInputs {
+            store: store.clone(),
+            client,
+            catalog,
+            interest: interest_tx,
+            intents,
+        },
+        reconciler_stop.clone(),
+    );
+    let api_stop = CancellationToken::new();
+    let api_address = api_listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let api = api::serve(
+        api_listener,
+        ApiState {
+            store,
+            reconciler: handle,
+            config_path: paths.config().to_path_buf(),
+        },
+        api_stop.clone(),
+    );
+    info!(
+        api = %api_address,
+        instance = %args.proxy_instance_name,
+        http_port = args.http_port,
+        data_dir = %args.data_dir.display(),
+        "flow-proxy started"
+    );
+
+    shutdown.cancelled().await;
+    api_stop.cancel();
+    match tokio::time::timeout(API_GRACE, api).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "API task failed"),
+        Err(_) => warn!("API connections still open after the grace period; going on"),
+    }
+    watchers.cancel();
+    reconciler_stop.cancel();
+    match tokio::time::timeout(RECONCILER_GRACE, reconciler).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "reconciler task failed"),
+        Err(_) => warn!("the reconciler did not stop within the grace period"),
+    }
+    info!("flow-proxy stopped");
     Ok(())
 }
 
@@ -156,12 +294,4 @@ async fn start_registry(
     let running = registry::spawn(listener, config).await?;
     info!(address = %running.local_addr(), data_dir = %dir.display(), "embedded registry listening");
     Ok(running)
-}
-
-fn log_snapshot(snapshot: &CatalogSnapshot) {
-    let instances: usize = snapshot.services.values().map(Vec::len).sum();
-    info!(
-        services = snapshot.services.len(),
-        instances, "catalog snapshot updated"
-    );
 }

@@ -4,10 +4,12 @@
 //! into validated settings for the other modules. Every flag also reads its environment
 //! variable. Must not hold runtime logic: it only parses and validates.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::plan::HealthFilter;
 
 /// `flow-proxy`: keeps HAProxy routing to every live instance that Consul knows about.
 #[derive(Debug, Parser)]
@@ -34,7 +36,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs the proxy controller. Without a Consul address it serves its own embedded registry.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Runs only the embedded Consul-compatible registry.
     Registry(RegistryArgs),
 }
@@ -90,13 +92,110 @@ pub struct ServerArgs {
     )]
     pub embedded_registry_address: SocketAddr,
 
-    /// Directory for flow-proxy's state (the embedded registry's data among it).
+    /// Directory for flow-proxy's state: haproxy.cfg, sockets, pid and state files, and the
+    /// embedded registry's data.
     #[arg(long, env = "DATA_DIR", default_value = "/var/lib/flow-proxy")]
     pub data_dir: PathBuf,
 
     /// Name of this node in the embedded registry (defaults to the host name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// KV root of the intent: proxies with different names sharing one Consul don't see each
+    /// other; replicas with the same name serve the same routes.
+    #[arg(long, env = "PROXY_INSTANCE_NAME", default_value = "docker-flow")]
+    pub proxy_instance_name: String,
+
+    /// Where the control API listens (default `0.0.0.0:8080`; DFP's `IP` and `PORT` are
+    /// honoured when this is unset).
+    #[arg(long, env = "API_ADDRESS")]
+    pub api_address: Option<SocketAddr>,
+
+    /// DFP's `IP`: the API's address when `API_ADDRESS` is unset.
+    #[arg(long = "ip", env = "IP", hide = true)]
+    pub dfp_ip: Option<IpAddr>,
+
+    /// DFP's `PORT`: the API's port when `API_ADDRESS` is unset.
+    #[arg(long = "port", env = "PORT", hide = true)]
+    pub dfp_port: Option<u16>,
+
+    /// Where HAProxy listens.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// HAProxy's HTTP port.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 80)]
+    pub http_port: u16,
+
+    /// HAProxy's HTTPS port. Not bound until certificates are configured.
+    #[arg(long, env = "HTTPS_PORT", default_value_t = 443)]
+    pub https_port: u16,
+
+    /// The HAProxy executable.
+    #[arg(long, env = "HAPROXY_BIN", default_value = "haproxy")]
+    pub haproxy_bin: PathBuf,
+
+    /// The only directory custom templates may be read from.
+    #[arg(long, env = "TEMPLATES_ROOT", default_value = "/consul_templates")]
+    pub templates_root: PathBuf,
+
+    /// Which instances are routed, by their Consul health: `any`, `passing` or
+    /// `non-critical` (critical and maintenance instances are not routed).
+    #[arg(long, env = "HEALTH_FILTER", default_value = "non-critical", value_parser = parse_health_filter)]
+    pub health_filter: HealthFilter,
+
+    /// HAProxy's `timeout connect`, in seconds.
+    #[arg(long, env = "TIMEOUT_CONNECT", default_value_t = 5)]
+    pub timeout_connect: u32,
+
+    /// HAProxy's `timeout client`, in seconds.
+    #[arg(long, env = "TIMEOUT_CLIENT", default_value_t = 20)]
+    pub timeout_client: u32,
+
+    /// HAProxy's `timeout server`, in seconds.
+    #[arg(long, env = "TIMEOUT_SERVER", default_value_t = 20)]
+    pub timeout_server: u32,
+
+    /// HAProxy's `timeout queue`, in seconds.
+    #[arg(long, env = "TIMEOUT_QUEUE", default_value_t = 30)]
+    pub timeout_queue: u32,
+
+    /// HAProxy's `timeout http-request`, in seconds.
+    #[arg(long, env = "TIMEOUT_HTTP_REQUEST", default_value_t = 5)]
+    pub timeout_http_request: u32,
+
+    /// HAProxy's `timeout http-keep-alive`, in seconds.
+    #[arg(long, env = "TIMEOUT_HTTP_KEEP_ALIVE", default_value_t = 15)]
+    pub timeout_http_keep_alive: u32,
+
+    /// HAProxy's `maxconn` (global and per frontend).
+    #[arg(long, env = "MAXCONN", default_value_t = 5000)]
+    pub maxconn: u32,
+
+    /// Stop HAProxy gracefully when flow-proxy exits (by default it is left serving, and the
+    /// next flow-proxy on the same data directory adopts it).
+    #[arg(long, env = "STOP_HAPROXY_ON_EXIT", default_value_t = false)]
+    pub stop_haproxy_on_exit: bool,
+}
+
+/// The API's default port, DFP's.
+pub const DEFAULT_API_PORT: u16 = 8080;
+
+impl ServerArgs {
+    /// The API address: `API_ADDRESS`, else DFP's `IP`/`PORT`, else `0.0.0.0:8080`.
+    pub fn api_socket_address(&self) -> SocketAddr {
+        self.api_address.unwrap_or_else(|| {
+            SocketAddr::new(
+                self.dfp_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                self.dfp_port.unwrap_or(DEFAULT_API_PORT),
+            )
+        })
+    }
+}
+
+fn parse_health_filter(value: &str) -> Result<HealthFilter, String> {
+    HealthFilter::parse(value)
+        .ok_or_else(|| format!("{value:?} is not one of any, passing, non-critical"))
 }
 
 /// Settings of `flow-proxy registry`.
@@ -154,6 +253,54 @@ mod tests {
         assert_eq!(args.embedded_registry_address.to_string(), "127.0.0.1:8500");
         assert_eq!(args.data_dir, PathBuf::from("/var/lib/flow-proxy"));
         assert!(!args.consul.consul_stale);
+        assert_eq!(args.proxy_instance_name, "docker-flow");
+        assert_eq!(args.api_socket_address().to_string(), "0.0.0.0:8080");
+        assert_eq!(args.http_port, 80);
+        assert_eq!(args.https_port, 443);
+        assert_eq!(args.health_filter, HealthFilter::NonCritical);
+        assert_eq!(args.templates_root, PathBuf::from("/consul_templates"));
+        assert_eq!(args.maxconn, 5000);
+        assert!(!args.stop_haproxy_on_exit);
+    }
+
+    #[test]
+    fn dfp_ip_and_port_apply_when_api_address_is_unset() {
+        let cli = Cli::try_parse_from([
+            "flow-proxy",
+            "server",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            "9000",
+        ])
+        .unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("expected server")
+        };
+        assert_eq!(args.api_socket_address().to_string(), "127.0.0.1:9000");
+        let cli = Cli::try_parse_from([
+            "flow-proxy",
+            "server",
+            "--port",
+            "9000",
+            "--api-address",
+            "127.0.0.1:7000",
+        ])
+        .unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("expected server")
+        };
+        assert_eq!(args.api_socket_address().to_string(), "127.0.0.1:7000");
+    }
+
+    #[test]
+    fn health_filter_is_checked() {
+        assert!(Cli::try_parse_from(["flow-proxy", "server", "--health-filter", "bogus"]).is_err());
+        let cli = Cli::try_parse_from(["flow-proxy", "server", "--health-filter", "any"]).unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("expected server")
+        };
+        assert_eq!(args.health_filter, HealthFilter::Any);
     }
 
     #[test]

@@ -152,6 +152,22 @@ fn help_lists_the_subcommands() {
         "CONSUL_CLIENT_KEY",
         "EMBEDDED_REGISTRY_ADDRESS",
         "DATA_DIR",
+        "PROXY_INSTANCE_NAME",
+        "API_ADDRESS",
+        "BIND_ADDRESS",
+        "HTTP_PORT",
+        "HTTPS_PORT",
+        "HAPROXY_BIN",
+        "TEMPLATES_ROOT",
+        "HEALTH_FILTER",
+        "TIMEOUT_CONNECT",
+        "TIMEOUT_CLIENT",
+        "TIMEOUT_SERVER",
+        "TIMEOUT_QUEUE",
+        "TIMEOUT_HTTP_REQUEST",
+        "TIMEOUT_HTTP_KEEP_ALIVE",
+        "MAXCONN",
+        "STOP_HAPROXY_ON_EXIT",
     ] {
         assert!(text.contains(setting), "{setting} missing from:\n{text}");
     }
@@ -192,40 +208,111 @@ fn registry_subcommand_serves_the_consul_api_and_stops_on_sigterm() {
     assert!(dir.path().join("registry").is_dir());
 }
 
+fn haproxy_available() -> bool {
+    let found = Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("haproxy is not on PATH and CI=true: install it (apt-get install -y haproxy)");
+        }
+        eprintln!("SKIP: haproxy is not on PATH; the server test is not run");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tiny HTTP backend answering `body`.
+fn backend(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes());
+            });
+        }
+    });
+    port
+}
+
 #[test]
-fn server_on_the_embedded_registry_follows_the_catalog_and_keeps_state_across_restarts() {
+fn server_on_the_embedded_registry_routes_and_recovers_its_state_across_restarts() {
+    if !haproxy_available() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port().to_string();
     let envs = [
         ("EMBEDDED_REGISTRY_ADDRESS", "127.0.0.1:0"),
         ("DATA_DIR", dir.path().to_str().unwrap()),
+        ("API_ADDRESS", "127.0.0.1:0"),
+        ("BIND_ADDRESS", "127.0.0.1"),
+        ("HTTP_PORT", http_port.as_str()),
+        ("STOP_HAPROXY_ON_EXIT", "true"),
     ];
     let mut server = Running::start(&["server"], &envs);
     let address = server.registry_address();
-    server.wait_for_line(&["catalog snapshot updated", "\"services\":0"]);
-    for (id, port) in [("host:go-demo_1:8080", 8080), ("host:go-demo_2:8080", 8081)] {
-        let registration = format!(
-            r#"{{"ID":"{id}","Name":"go-demo","Address":"127.0.0.1","Port":{port},"Check":null}}"#
-        );
-        let (status, body) = http(
-            "PUT",
-            &format!("http://{address}/v1/agent/service/register"),
-            Some(&registration),
-        );
-        assert_eq!(status, 200, "{body}");
-    }
-    server.wait_for_line(&[
-        "catalog snapshot updated",
-        "\"services\":1",
-        "\"instances\":2",
-    ]);
+    let api = api_address(&mut server);
+    server.wait_for_line(&["recovered configuration is live"]);
+    let port = backend("hello");
+    let registration = format!(
+        r#"{{"ID":"host:go-demo_1:8080","Name":"go-demo","Address":"127.0.0.1","Port":{port},"Check":null}}"#
+    );
+    let (status, body) = http(
+        "PUT",
+        &format!("http://{address}/v1/agent/service/register"),
+        Some(&registration),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(
+        "PUT",
+        &format!(
+            "http://{api}/v1/docker-flow-proxy/reconfigure?serviceName=go-demo&servicePath=/demo"
+        ),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let route = format!("http://127.0.0.1:{http_port}/demo");
+    assert_eq!(http("GET", &route, None), (200, "hello".to_owned()));
     server.terminate();
 
+    // The registry's catalog and KV survive the restart, and so does the route.
     let mut restarted = Running::start(&["server"], &envs);
     restarted.registry_address();
-    restarted.wait_for_line(&[
-        "catalog snapshot updated",
-        "\"services\":1",
-        "\"instances\":2",
-    ]);
+    restarted.wait_for_line(&["recovered configuration is live", "\"services\":1"]);
+    assert_eq!(http("GET", &route, None), (200, "hello".to_owned()));
     restarted.terminate();
+}
+
+/// The API address from the start-up line.
+fn api_address(running: &mut Running) -> String {
+    let line = running.wait_for_line(&["flow-proxy started"]);
+    let value: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    value["fields"]["api"]
+        .as_str()
+        .expect("api field")
+        .to_owned()
 }

@@ -757,3 +757,40 @@ async fn start_failure_reports_alerts_and_leaves_nothing_running() {
     assert!(!sup.status().await.master_alive);
     drop(taken);
 }
+
+#[tokio::test]
+async fn install_config_writes_the_files_without_reloading() {
+    if !haproxy_available() {
+        return;
+    }
+    let env = Env::new();
+    let _guard = kill_guard(&env);
+    let a = start_backend("A").await;
+    let b = start_backend("B").await;
+    let cfg_a = env.config(&[("app_a", a), ("app_b", b)], "app_a", "");
+    let cfg_b = env.config(&[("app_a", a), ("app_b", b)], "app_b", "");
+    let mut sup = env.supervisor();
+    sup.start(&cfg_a).await.unwrap();
+    let before = sup.status().await;
+
+    sup.install_config(&cfg_b).await.unwrap();
+    assert_eq!(std::fs::read_to_string(env.paths.config()).unwrap(), cfg_b);
+    assert_eq!(
+        std::fs::read_to_string(env.paths.last_good()).unwrap(),
+        cfg_b
+    );
+    let after = sup.status().await;
+    assert_eq!(after.current_workers, before.current_workers, "no reload");
+    assert_eq!(after.master_reloads, before.master_reloads);
+    assert_eq!(get(env.port).await.unwrap(), (200, "A".to_owned()));
+
+    // An invalid configuration is refused and touches nothing.
+    let bad = env.config(
+        &[("app_a", a)],
+        "app_a",
+        "\nbackend broken\n    nonsense here\n",
+    );
+    assert!(sup.install_config(&bad).await.is_err());
+    assert_eq!(std::fs::read_to_string(env.paths.config()).unwrap(), cfg_b);
+    stop_and_check(&mut sup).await;
+}

@@ -489,6 +489,28 @@ impl Supervisor {
         Ok((self.start(config_text).await?, false))
     }
 
+    /// Validates `config_text` and installs it as the live and last-known-good file
+    /// without reloading: for a configuration that only records what runtime commands
+    /// already applied, so that the next reload (or a restart) agrees with them.
+    pub async fn install_config(&mut self, config_text: &str) -> Result<(), SupervisorError> {
+        self.claim_data_dir().await?;
+        let tmp = validate::check_to_tempfile(
+            &self.paths,
+            &self.options.haproxy_binary,
+            config_text,
+            self.options.validate_timeout,
+        )
+        .await?;
+        process::persist_temp(tmp, self.paths.config())
+            .await
+            .map_err(|source| SupervisorError::Io {
+                what: "cannot install",
+                path: self.paths.config().to_path_buf(),
+                source,
+            })?;
+        self.save_last_good(config_text).await
+    }
+
     /// Validates and applies `config_text` with a confirmed hitless reload. On any
     /// failure the live file is the last-known-good one again and the reason is
     /// returned; a configuration that fails validation never reaches the live file.

@@ -1,0 +1,963 @@
+//! The reconciler: the one task that drives HAProxy towards intents × catalog.
+//!
+//! Owns: the latest intents and catalog snapshot, the live plan and configuration text, the
+//! HAProxy [`Supervisor`], startup recovery (intents from KV, first catalog snapshot, render,
+//! start or adopt HAProxy, then ready) and the published [`Status`] (readiness, applied
+//! generation, outcome) that the API waits on.
+//!
+//! One loop over a closed set of triggers: API requests, catalog changed, intents changed in
+//! KV, the resync tick and shutdown. Level-triggered: every apply recomputes the plan from the
+//! latest state and diffs it against the live one; it acts only when they differ. A trigger
+//! that finds the reconciler idle is applied at once; triggers that arrive while an apply is in
+//! flight, or in a burst from the watchers, are coalesced into the next apply, and a watcher
+//! burst waits for a short quiet window capped by a maximum wait, so churn cannot starve it.
+//! Only this task calls the supervisor, so two reloads are never in flight.
+//!
+//! Must not: talk to Consul KV for writes (the API persists intents before handing them over),
+//! or build configuration text itself (`plan` and `render` do).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::consul::{ConsulClient, Interest};
+use crate::domain::{CatalogSnapshot, Instance, ServiceIntent, ServiceName};
+use crate::haproxy::{EnsureOutcome, Supervisor};
+use crate::intent_store::{IntentStore, Intents};
+use crate::plan::{
+    Change, PARKED_ADDR, PARKED_PORT, Plan, PlanSettings, RuntimeCommand, ServerAdminState,
+    ServerState, SlotTable, diff, plan,
+};
+use crate::render::{RenderSettings, render};
+
+/// Why an apply did not go live.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The reconciler is not running (shutting down).
+    #[error("the reconciler is not running")]
+    Stopped,
+    /// The recovered configuration is not live yet.
+    #[error("flow-proxy is starting: the recovered configuration is not live yet")]
+    NotReady,
+    /// HAProxy refused the change, or it could not be applied; the last-known-good
+    /// configuration stays live.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Tuning of the reconciler.
+#[derive(Debug, Clone)]
+pub struct ReconcilerOptions {
+    /// Shapes the plan.
+    pub plan: PlanSettings,
+    /// Everything the configuration needs besides the plan.
+    pub render: RenderSettings,
+    /// Period of the resync tick (re-apply, and check that HAProxy is alive).
+    pub resync_interval: Duration,
+    /// Quiet window for bursts from the watchers.
+    pub quiet: Duration,
+    /// Upper bound on how long a burst can delay its apply.
+    pub max_wait: Duration,
+    /// Stop HAProxy when the reconciler stops.
+    pub stop_haproxy_on_exit: bool,
+}
+
+impl Default for ReconcilerOptions {
+    fn default() -> Self {
+        ReconcilerOptions {
+            plan: PlanSettings::default(),
+            render: RenderSettings::default(),
+            resync_interval: Duration::from_secs(30),
+            quiet: Duration::from_millis(200),
+            max_wait: Duration::from_secs(2),
+            stop_haproxy_on_exit: false,
+        }
+    }
+}
+
+/// What the reconciler has made live.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// The recovered configuration is live.
+    pub ready: bool,
+    /// Incremented after every apply that went live.
+    pub generation: u64,
+    /// The intents of the live configuration.
+    pub intents: Arc<Intents>,
+    /// The live plan.
+    pub plan: Option<Arc<Plan>>,
+    /// The reason the last apply failed, if it did.
+    pub last_error: Option<String>,
+}
+
+enum Request {
+    Put(Box<ServiceIntent>, oneshot::Sender<Result<(), ApplyError>>),
+    Remove(ServiceName, oneshot::Sender<Result<(), ApplyError>>),
+    Reload(oneshot::Sender<Result<(), ApplyError>>),
+}
+
+/// The API's side of the reconciler.
+#[derive(Debug, Clone)]
+pub struct ReconcilerHandle {
+    requests: mpsc::Sender<Request>,
+    status: watch::Receiver<Arc<Status>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Put(i, _) => write!(f, "Put({})", i.name),
+            Request::Remove(n, _) => write!(f, "Remove({n})"),
+            Request::Reload(_) => f.write_str("Reload"),
+        }
+    }
+}
+
+impl ReconcilerHandle {
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), ApplyError>>) -> Request,
+    ) -> Result<(), ApplyError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(make(tx))
+            .await
+            .map_err(|_| ApplyError::Stopped)?;
+        rx.await.map_err(|_| ApplyError::Stopped)?
+    }
+
+    /// Sets the intent of one service and returns once it is live.
+    pub async fn put(&self, intent: ServiceIntent) -> Result<(), ApplyError> {
+        self.ask(|tx| Request::Put(Box::new(intent), tx)).await
+    }
+
+    /// Removes a service and returns once it is no longer routed.
+    pub async fn remove(&self, service: ServiceName) -> Result<(), ApplyError> {
+        self.ask(|tx| Request::Remove(service, tx)).await
+    }
+
+    /// Re-applies the current state with a reload.
+    pub async fn reload(&self) -> Result<(), ApplyError> {
+        self.ask(Request::Reload).await
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> Arc<Status> {
+        Arc::clone(&self.status.borrow())
+    }
+
+    /// A receiver of status updates.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Status>> {
+        self.status.clone()
+    }
+}
+
+/// Inputs of the reconciler.
+pub struct ReconcilerInputs {
+    /// Loads intents at startup.
+    pub store: IntentStore,
+    /// Reads a newly routed service at once, before the catalog watcher follows it.
+    pub client: ConsulClient,
+    /// Catalog snapshots.
+    pub catalog: watch::Receiver<Arc<CatalogSnapshot>>,
+    /// Where the reconciler publishes the catalog services it needs.
+    pub interest: watch::Sender<Interest>,
+    /// Intents changed in KV (by this replica or another one).
+    pub intents: watch::Receiver<Option<Arc<Intents>>>,
+}
+
+struct Live {
+    plan: Plan,
+    text: String,
+    intents: Intents,
+}
+
+/// A service read directly, valid until the catalog watcher has caught up.
+struct Overlay {
+    instances: Vec<Instance>,
+    until: Instant,
+    reads: u32,
+}
+
+/// How long a direct read stands in for the catalog watcher before it is read again. A service
+/// the snapshot lacks is either not in the catalog or not read by the watcher yet; a fresh read
+/// tells which, so a deregistration is never hidden for longer than this.
+const OVERLAY_TTL: Duration = Duration::from_secs(1);
+/// Direct reads of one service before the watcher's view is trusted alone.
+const OVERLAY_MAX_READS: u32 = 30;
+
+/// The reconciler task.
+pub struct Reconciler {
+    supervisor: Supervisor,
+    options: ReconcilerOptions,
+    inputs: ReconcilerInputs,
+    requests: mpsc::Receiver<Request>,
+    status: watch::Sender<Arc<Status>>,
+    intents: Intents,
+    catalog: Arc<CatalogSnapshot>,
+    overlay: BTreeMap<ServiceName, Overlay>,
+    live: Option<Live>,
+    generation: u64,
+    last_apply: Option<Instant>,
+}
+
+impl Reconciler {
+    /// Spawns the reconciler; it stops when `shutdown` is cancelled (after finishing an apply in
+    /// flight).
+    pub fn spawn(
+        supervisor: Supervisor,
+        options: ReconcilerOptions,
+        inputs: ReconcilerInputs,
+        shutdown: CancellationToken,
+    ) -> (ReconcilerHandle, tokio::task::JoinHandle<()>) {
+        let (req_tx, req_rx) = mpsc::channel(256);
+        let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
+        let reconciler = Reconciler {
+            supervisor,
+            options,
+            inputs,
+            requests: req_rx,
+            status: status_tx,
+            intents: Intents::new(),
+            catalog: Arc::new(CatalogSnapshot::new()),
+            overlay: BTreeMap::new(),
+            live: None,
+            generation: 0,
+            last_apply: None,
+        };
+        let task = tokio::spawn(reconciler.run(shutdown));
+        (
+            ReconcilerHandle {
+                requests: req_tx,
+                status: status_rx,
+            },
+            task,
+        )
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        if self.recover(&shutdown).await {
+            self.main_loop(&shutdown).await;
+        }
+        self.status.send_modify(|s| {
+            let mut next = (**s).clone();
+            next.ready = false;
+            *s = Arc::new(next);
+        });
+        if self.options.stop_haproxy_on_exit {
+            match self.supervisor.stop().await {
+                Ok(()) => info!("HAProxy stopped"),
+                Err(error) => warn!(error = %chain(&error), "cannot stop HAProxy"),
+            }
+        }
+        self.requests.close();
+        while let Ok(request) = self.requests.try_recv() {
+            reply(request, Err(ApplyError::Stopped));
+        }
+    }
+
+    /// Startup recovery. Returns false when shutdown came first.
+    async fn recover(&mut self, shutdown: &CancellationToken) -> bool {
+        let mut backoff = Duration::from_millis(200);
+        // 1. Every intent under the instance root.
+        loop {
+            match self.inputs.store.load_all().await {
+                Ok(intents) => {
+                    info!(services = intents.len(), "intents recovered from Consul KV");
+                    self.intents = intents;
+                    break;
+                }
+                Err(error) => {
+                    warn!(error = %chain(&error), "cannot load intents; retrying");
+                    if !self.pause(shutdown, &mut backoff).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        let routed = self.publish_interest();
+        // 2. The first catalog snapshot of those services; services it does not hold yet (the
+        // watcher may still be taking in the new interest) are read directly.
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            changed = self.inputs.catalog.changed() => {
+                if changed.is_ok() {
+                    self.catalog = Arc::clone(&self.inputs.catalog.borrow_and_update());
+                }
+            }
+        }
+        self.read_new_services(routed).await;
+        // 3. Render, start or adopt HAProxy, and go live.
+        backoff = Duration::from_millis(200);
+        loop {
+            match self.start().await {
+                Ok(()) => break,
+                Err(error) => {
+                    warn!(%error, "cannot start HAProxy; retrying");
+                    self.set_error(Some(error.to_string()));
+                    if !self.pause(shutdown, &mut backoff).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        info!(
+            services = self.intents.len(),
+            "recovered configuration is live; ready"
+        );
+        true
+    }
+
+    async fn pause(&self, shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    async fn start(&mut self) -> Result<(), ApplyError> {
+        let intents = self.intents.clone();
+        let desired = self.desired(&intents);
+        let text = self.render(&desired)?;
+        let (pid, adopted) = self
+            .supervisor
+            .start_or_adopt(&text)
+            .await
+            .map_err(|e| ApplyError::Failed(chain(&e)))?;
+        info!(pid, adopted, "HAProxy master running");
+        if adopted {
+            let current = tokio::fs::read_to_string(self.supervisor.paths().config())
+                .await
+                .unwrap_or_default();
+            if current != text {
+                self.supervisor
+                    .reload(&text)
+                    .await
+                    .map_err(|e| ApplyError::Failed(chain(&e)))?;
+            }
+        }
+        self.apply_full_runtime_state(&desired).await?;
+        self.went_live(desired, text, intents);
+        Ok(())
+    }
+
+    async fn main_loop(&mut self, shutdown: &CancellationToken) {
+        let mut tick = tokio::time::interval(self.options.resync_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.reset();
+        let mut catalog_open = true;
+        let mut intents_open = true;
+        loop {
+            let mut batch = Batch::default();
+            // Wait for the first trigger.
+            let overlay_expiry = self.overlay.values().map(|o| o.until).min();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                request = self.requests.recv() => match request {
+                    Some(request) => batch.add(request, &mut self.intents),
+                    None => break,
+                },
+                changed = self.inputs.catalog.changed(), if catalog_open => {
+                    if changed.is_err() {
+                        catalog_open = false;
+                        warn!("the catalog watcher stopped");
+                    }
+                    batch.watcher = true;
+                }
+                changed = self.inputs.intents.changed(), if intents_open => {
+                    if changed.is_err() {
+                        intents_open = false;
+                        warn!("the intent watch stopped");
+                    }
+                    batch.watcher = true;
+                    batch.kv_changed = true;
+                }
+                _ = tick.tick() => batch.tick = true,
+                _ = sleep_until_opt(overlay_expiry) => batch.watcher = true,
+            }
+            // A burst from the watchers right after an apply waits for a quiet window, capped.
+            let recent = self
+                .last_apply
+                .is_some_and(|at| at.elapsed() < self.options.quiet);
+            if batch.replies.is_empty() && batch.watcher && recent {
+                let hard = Instant::now() + self.options.max_wait;
+                loop {
+                    let soft = (Instant::now() + self.options.quiet).min(hard);
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break,
+                        request = self.requests.recv() => {
+                            if let Some(request) = request {
+                                batch.add(request, &mut self.intents);
+                            }
+                            break;
+                        }
+                        _ = tokio::time::sleep_until(soft) => break,
+                        r = self.inputs.catalog.changed(), if catalog_open => {
+                            if r.is_err() { catalog_open = false; }
+                        }
+                        r = self.inputs.intents.changed(), if intents_open => {
+                            if r.is_err() { intents_open = false; }
+                            batch.kv_changed = true;
+                        }
+                    }
+                }
+            }
+            // Whatever else is already queued joins this apply.
+            while let Ok(request) = self.requests.try_recv() {
+                batch.add(request, &mut self.intents);
+            }
+            if catalog_open && self.inputs.catalog.has_changed().unwrap_or(false) {
+                batch.watcher = true;
+            }
+            self.catalog = Arc::clone(&self.inputs.catalog.borrow_and_update());
+            if batch.kv_changed || self.inputs.intents.has_changed().unwrap_or(false) {
+                let latest = self.inputs.intents.borrow_and_update().clone();
+                if let Some(latest) = latest {
+                    // Requests in this batch were persisted before they were sent, so they
+                    // win over a watch answer that may predate them.
+                    let mut merged = (*latest).clone();
+                    for (name, intent) in &batch.pending {
+                        match intent {
+                            Some(i) => merged.insert(name.clone(), i.clone()),
+                            None => merged.remove(name),
+                        };
+                    }
+                    self.intents = merged;
+                }
+            }
+            if batch.tick {
+                self.check_haproxy().await;
+            }
+            let result = self.apply(batch.reload).await;
+            if let Err(error) = &result {
+                warn!(%error, "apply failed; the last-known-good configuration stays live");
+            }
+            // Each request learns whether its own change is live.
+            let live = self.live.as_ref().map(|l| &l.intents);
+            for (target, tx) in batch.replies {
+                let own = match (&result, &target, live) {
+                    (Ok(()), _, _) => Ok(()),
+                    (Err(_), Some((name, want)), Some(live)) if live.get(name) == want.as_ref() => {
+                        Ok(())
+                    }
+                    (Err(e), _, _) => Err(e.clone()),
+                };
+                let _ = tx.send(own);
+            }
+        }
+    }
+
+    async fn check_haproxy(&mut self) {
+        match self.supervisor.ensure_running().await {
+            Ok(EnsureOutcome::Healthy) => debug!("HAProxy is running"),
+            Ok(outcome) => {
+                warn!(
+                    ?outcome,
+                    "HAProxy was recovered; re-applying the runtime state"
+                );
+                if let Some(live) = &self.live {
+                    let plan = live.plan.clone();
+                    if let Err(error) = self.apply_full_runtime_state(&plan).await {
+                        warn!(%error, "cannot re-apply the runtime state");
+                    }
+                }
+            }
+            Err(error) => warn!(error = %chain(&error), "HAProxy check failed"),
+        }
+    }
+
+    /// The catalog the plan sees: the watcher's snapshot, plus direct reads of services it does
+    /// not track yet.
+    fn effective_catalog(&mut self) -> CatalogSnapshot {
+        let catalog = &self.catalog;
+        self.overlay
+            .retain(|name, _| catalog.instances(name).is_none());
+        let mut snapshot = (*self.catalog).clone();
+        for (name, o) in &self.overlay {
+            snapshot.set_service(name.clone(), o.instances.clone());
+        }
+        snapshot
+    }
+
+    fn desired(&mut self, intents: &Intents) -> Plan {
+        let catalog = self.effective_catalog();
+        let empty = SlotTable::default();
+        let previous = self.live.as_ref().map_or(&empty, |l| &l.plan.slots);
+        plan(intents, &catalog, previous, &self.options.plan)
+    }
+
+    fn render(&self, desired: &Plan) -> Result<String, ApplyError> {
+        render(desired, &self.options.render)
+            .map(|r| r.into_string())
+            .map_err(|e| ApplyError::Failed(chain(&e)))
+    }
+
+    /// Publishes the catalog services the intents route; newly routed ones are read at once.
+    fn publish_interest(&self) -> BTreeSet<ServiceName> {
+        let wanted: BTreeSet<ServiceName> = self
+            .intents
+            .values()
+            .map(|i| i.catalog_service.clone())
+            .collect();
+        let mut added = BTreeSet::new();
+        self.inputs.interest.send_if_modified(|current| {
+            let before = match current {
+                Interest::Services(set) => set.clone(),
+                Interest::All => BTreeSet::new(),
+            };
+            added = wanted.difference(&before).cloned().collect();
+            if *current == Interest::Services(wanted.clone()) {
+                false
+            } else {
+                *current = Interest::Services(wanted.clone());
+                true
+            }
+        });
+        added
+    }
+
+    /// Reads newly routed services the snapshot lacks, and re-reads expired stand-ins.
+    async fn read_new_services(&mut self, added: BTreeSet<ServiceName>) {
+        let now = Instant::now();
+        let routed: BTreeSet<&ServiceName> =
+            self.intents.values().map(|i| &i.catalog_service).collect();
+        let catalog = &self.catalog;
+        self.overlay.retain(|name, o| {
+            routed.contains(name)
+                && catalog.instances(name).is_none()
+                && (o.until > now || o.reads < OVERLAY_MAX_READS)
+        });
+        let expired: Vec<ServiceName> = self
+            .overlay
+            .iter()
+            .filter(|(_, o)| o.until <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in added.into_iter().chain(expired) {
+            if self.catalog.instances(&name).is_some() {
+                continue;
+            }
+            let read = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.inputs.client.health_service(&name),
+            )
+            .await;
+            match read {
+                Ok(Ok(read)) if read.instances.is_empty() => {
+                    // Agrees with a snapshot that lacks the service.
+                    self.overlay.remove(&name);
+                }
+                Ok(Ok(read)) => {
+                    let reads = self.overlay.get(&name).map_or(0, |o| o.reads) + 1;
+                    self.overlay.insert(
+                        name,
+                        Overlay {
+                            instances: read.instances,
+                            until: Instant::now() + OVERLAY_TTL,
+                            reads,
+                        },
+                    );
+                }
+                Ok(Err(error)) => {
+                    warn!(service = %name, error = %chain(&error), "cannot read a newly routed service");
+                    self.postpone(&name);
+                }
+                Err(_) => {
+                    warn!(service = %name, "reading a newly routed service timed out");
+                    self.postpone(&name);
+                }
+            }
+        }
+    }
+
+    /// After a failed read, a stand-in keeps its instances until the next attempt.
+    fn postpone(&mut self, name: &ServiceName) {
+        if let Some(o) = self.overlay.get_mut(name) {
+            o.until = Instant::now() + OVERLAY_TTL;
+            o.reads += 1;
+        }
+    }
+
+    async fn apply(&mut self, force_reload: bool) -> Result<(), ApplyError> {
+        let added = self.publish_interest();
+        self.read_new_services(added).await;
+        let intents = self.intents.clone();
+        let Err(error) = self.apply_intents(intents, force_reload).await else {
+            return Ok(());
+        };
+        self.set_error(Some(error.to_string()));
+        // A change that cannot go live must not block the others: starting from the live
+        // intents, each changed service is taken in only if the configuration still validates;
+        // the rest keep their live version. Catalog changes apply either way.
+        if let Some(live) = &self.live {
+            let live_intents = live.intents.clone();
+            let changed = changed_services(&self.intents, &live_intents);
+            let mut candidate = keep_live_versions(&self.intents, &live_intents);
+            let mut held = Vec::new();
+            for name in changed {
+                let mut trial = candidate.clone();
+                match self.intents.get(&name) {
+                    Some(intent) => trial.insert(name.clone(), intent.clone()),
+                    None => trial.remove(&name),
+                };
+                if self.validates(&trial).await {
+                    candidate = trial;
+                } else {
+                    held.push(name.to_string());
+                }
+            }
+            warn!(services = ?held, "these changes cannot go live; keeping their live version");
+            if candidate != self.intents
+                && let Err(e) = self.apply_intents(candidate, false).await
+            {
+                warn!(error = %e, "the other changes cannot be applied either");
+            }
+            self.set_error(Some(error.to_string()));
+        }
+        Err(error)
+    }
+
+    /// Whether the configuration for `intents` passes `haproxy -c`.
+    async fn validates(&mut self, intents: &Intents) -> bool {
+        let desired = self.desired(intents);
+        match self.render(&desired) {
+            Ok(text) => self.supervisor.validate(&text).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    async fn apply_intents(
+        &mut self,
+        intents: Intents,
+        force_reload: bool,
+    ) -> Result<(), ApplyError> {
+        let desired = self.desired(&intents);
+        let text = self.render(&desired)?;
+        self.last_apply = Some(Instant::now());
+        let Some(live) = &self.live else {
+            return Err(ApplyError::NotReady);
+        };
+        let change = if force_reload {
+            Change::Reload
+        } else {
+            diff(&live.plan, &desired)
+        };
+        match change {
+            Change::None => {
+                if text != live.text {
+                    self.install(&text).await?;
+                }
+            }
+            Change::Runtime(commands) => {
+                info!(
+                    commands = commands.len(),
+                    "applying instance changes through the runtime API"
+                );
+                let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
+                match self.supervisor.runtime_api().execute_checked(&lines).await {
+                    Ok(_) => self.install(&text).await?,
+                    Err(error) => {
+                        warn!(error = %chain(&error), "runtime commands failed; reloading instead");
+                        self.reload(&desired, &text).await?;
+                    }
+                }
+            }
+            Change::Reload => self.reload(&desired, &text).await?,
+        }
+        self.went_live(desired, text, intents);
+        Ok(())
+    }
+
+    async fn install(&mut self, text: &str) -> Result<(), ApplyError> {
+        self.supervisor
+            .install_config(text)
+            .await
+            .map_err(|e| ApplyError::Failed(chain(&e)))
+    }
+
+    async fn reload(&mut self, desired: &Plan, text: &str) -> Result<(), ApplyError> {
+        let outcome = self
+            .supervisor
+            .reload(text)
+            .await
+            .map_err(|e| ApplyError::Failed(chain(&e)))?;
+        info!(
+            duration_ms = outcome.duration.as_millis() as u64,
+            old_workers = outcome.old_workers,
+            "HAProxy reloaded"
+        );
+        // A saved server state beats the configuration for a server that keeps its name.
+        self.apply_full_runtime_state(desired).await
+    }
+
+    /// Sets every slot's address, weight and state as the plan says.
+    async fn apply_full_runtime_state(&self, desired: &Plan) -> Result<(), ApplyError> {
+        let commands = full_runtime_state(desired);
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
+        self.supervisor
+            .runtime_api()
+            .execute_checked(&lines)
+            .await
+            .map(drop)
+            .map_err(|e| ApplyError::Failed(chain(&e)))
+    }
+
+    fn went_live(&mut self, desired: Plan, text: String, intents: Intents) {
+        self.generation += 1;
+        let status = Status {
+            ready: true,
+            generation: self.generation,
+            intents: Arc::new(intents.clone()),
+            plan: Some(Arc::new(desired.clone())),
+            last_error: None,
+        };
+        self.live = Some(Live {
+            plan: desired,
+            text,
+            intents,
+        });
+        self.status.send_replace(Arc::new(status));
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        self.status.send_modify(|s| {
+            let mut next = (**s).clone();
+            next.last_error = error;
+            *s = Arc::new(next);
+        });
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    /// Each request's reply, with the intent it asked for (`None` for a reload).
+    #[allow(clippy::type_complexity)]
+    replies: Vec<(
+        Option<(ServiceName, Option<ServiceIntent>)>,
+        oneshot::Sender<Result<(), ApplyError>>,
+    )>,
+    /// Intents set or removed by the requests of this batch.
+    pending: BTreeMap<ServiceName, Option<ServiceIntent>>,
+    watcher: bool,
+    kv_changed: bool,
+    tick: bool,
+    reload: bool,
+}
+
+impl Batch {
+    fn add(&mut self, request: Request, intents: &mut Intents) {
+        match request {
+            Request::Put(intent, tx) => {
+                intents.insert(intent.name.clone(), (*intent).clone());
+                self.pending
+                    .insert(intent.name.clone(), Some((*intent).clone()));
+                self.replies
+                    .push((Some((intent.name.clone(), Some(*intent))), tx));
+            }
+            Request::Remove(name, tx) => {
+                intents.remove(&name);
+                self.pending.insert(name.clone(), None);
+                self.replies.push((Some((name, None)), tx));
+            }
+            Request::Reload(tx) => {
+                self.reload = true;
+                self.replies.push((None, tx));
+            }
+        }
+    }
+}
+
+fn reply(request: Request, result: Result<(), ApplyError>) {
+    let tx = match request {
+        Request::Put(_, tx) | Request::Remove(_, tx) | Request::Reload(tx) => tx,
+    };
+    let _ = tx.send(result);
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `wanted` with every service whose intent differs from `live` put back to its live version
+/// (added services dropped, removed ones restored).
+fn keep_live_versions(wanted: &Intents, live: &Intents) -> Intents {
+    let mut out = wanted.clone();
+    for name in changed_services(wanted, live) {
+        match live.get(&name) {
+            Some(intent) => out.insert(name, intent.clone()),
+            None => out.remove(&name),
+        };
+    }
+    out
+}
+
+/// Services whose intent differs between `a` and `b` (present in one only, or different).
+fn changed_services(a: &Intents, b: &Intents) -> BTreeSet<ServiceName> {
+    a.keys()
+        .chain(b.keys())
+        .filter(|name| a.get(*name) != b.get(*name))
+        .cloned()
+        .collect()
+}
+
+/// Commands that set every slot of `plan` to its planned address, weight and state, whatever
+/// HAProxy currently holds (used after a reload and at startup).
+pub fn full_runtime_state(plan: &Plan) -> Vec<RuntimeCommand> {
+    let mut out = Vec::new();
+    for backend in plan.backends.values() {
+        for slot in &backend.slots {
+            let (addr, port, weight, state) = match &slot.server {
+                Some(s) => (
+                    s.addr,
+                    s.port,
+                    s.weight,
+                    match s.state {
+                        ServerState::Ready => ServerAdminState::Ready,
+                        ServerState::Maint => ServerAdminState::Maint,
+                    },
+                ),
+                None => (PARKED_ADDR, PARKED_PORT, 1, ServerAdminState::Maint),
+            };
+            let (b, s) = (backend.name.clone(), slot.name);
+            if state != ServerAdminState::Ready {
+                out.push(RuntimeCommand::SetState {
+                    backend: b.clone(),
+                    server: s,
+                    state,
+                });
+            }
+            out.push(RuntimeCommand::SetAddr {
+                backend: b.clone(),
+                server: s,
+                addr,
+                port,
+            });
+            out.push(RuntimeCommand::SetWeight {
+                backend: b.clone(),
+                server: s,
+                weight,
+            });
+            if state == ServerAdminState::Ready {
+                out.push(RuntimeCommand::SetState {
+                    backend: b,
+                    server: s,
+                    state,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// An error and its sources, joined with `: `.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Health, InstanceId, NodeName, Weights};
+
+    #[test]
+    fn full_runtime_state_sets_every_slot() {
+        let params: BTreeMap<String, String> = [("serviceName", "web"), ("servicePath", "/")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let intent = ServiceIntent::from_params(&params).unwrap();
+        let intents: Intents = [(intent.name.clone(), intent)].into_iter().collect();
+        let mut catalog = CatalogSnapshot::new();
+        catalog.set_service(
+            ServiceName::new("web").unwrap(),
+            vec![Instance {
+                id: InstanceId::new("web-1").unwrap(),
+                node: NodeName::new("n1").unwrap(),
+                address: "10.0.0.1".parse().unwrap(),
+                port: 8080,
+                tags: BTreeSet::new(),
+                meta: BTreeMap::new(),
+                health: Health::Passing,
+                weights: Weights::default(),
+            }],
+        );
+        let p = plan(
+            &intents,
+            &catalog,
+            &SlotTable::default(),
+            &PlanSettings::default(),
+        );
+        let lines: Vec<String> = full_runtime_state(&p)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(lines[0], "set server web-be/s1 addr 10.0.0.1 port 8080");
+        assert!(lines[1].starts_with("set server web-be/s1 weight "));
+        assert_eq!(lines[2], "set server web-be/s1 state ready");
+        assert_eq!(lines[3], "set server web-be/s2 state maint");
+        assert_eq!(lines[4], "set server web-be/s2 addr 127.0.0.1 port 1");
+        let slots = p.backends.values().next().unwrap().slots.len();
+        assert_eq!(lines.len(), 3 * slots);
+    }
+
+    fn intent(name: &str, path: &str) -> ServiceIntent {
+        let params: BTreeMap<String, String> = [("serviceName", name), ("servicePath", path)]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ServiceIntent::from_params(&params).unwrap()
+    }
+
+    fn intents(list: &[ServiceIntent]) -> Intents {
+        list.iter().map(|i| (i.name.clone(), i.clone())).collect()
+    }
+
+    #[test]
+    fn changed_services_fall_back_to_their_live_version() {
+        let live = intents(&[intent("a", "/a"), intent("b", "/b"), intent("c", "/c")]);
+        let wanted = intents(&[intent("a", "/a"), intent("b", "/b2"), intent("d", "/d")]);
+        let names: Vec<String> = changed_services(&wanted, &live)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names, vec!["b", "c", "d"]);
+        assert_eq!(keep_live_versions(&wanted, &live), live);
+        assert_eq!(keep_live_versions(&live, &live), live);
+    }
+
+    #[test]
+    fn error_chain_joins_sources() {
+        let inner = std::io::Error::other("disk full");
+        let outer = crate::haproxy::SupervisorError::Io {
+            what: "cannot write",
+            path: "/x".into(),
+            source: inner,
+        };
+        assert_eq!(chain(&outer), "cannot write /x: disk full");
+    }
+}
