@@ -7,6 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::haproxy_available;
+
 const BIN: &str = env!("CARGO_BIN_EXE_flow-proxy");
 
 /// A running `flow-proxy` whose log lines are collected; killed on drop.
@@ -206,21 +209,6 @@ fn registry_subcommand_serves_the_consul_api_and_stops_on_sigterm() {
     assert!(body.contains("cli-node"), "{body}");
     registry.terminate();
     assert!(dir.path().join("registry").is_dir());
-}
-
-fn haproxy_available() -> bool {
-    let found = Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("haproxy is not on PATH and CI=true: install it (apt-get install -y haproxy)");
-        }
-        eprintln!("SKIP: haproxy is not on PATH; the server test is not run");
-    }
-    found
 }
 
 fn free_port() -> u16 {

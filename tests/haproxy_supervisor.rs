@@ -15,22 +15,10 @@ use flow_proxy::haproxy::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::haproxy_available;
 
-fn haproxy_available() -> bool {
-    let found = std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("haproxy is not on PATH and CI=true: install it (apt-get install -y haproxy)");
-        }
-        eprintln!("SKIP: haproxy is not on PATH; install it to run the HAProxy supervisor tests");
-    }
-    found
-}
+const DEADLINE: Duration = Duration::from_secs(20);
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

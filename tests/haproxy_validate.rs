@@ -7,20 +7,8 @@ use std::time::Duration;
 use flow_proxy::haproxy::process::pid_alive;
 use flow_proxy::haproxy::{HaproxyPaths, Supervisor, SupervisorOptions, ValidationError, validate};
 
-fn haproxy_available() -> bool {
-    let found = std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("haproxy is not on PATH and CI=true: install it (apt-get install -y haproxy)");
-        }
-        eprintln!("SKIP: haproxy is not on PATH; install it to run the HAProxy validation tests");
-    }
-    found
-}
+mod support;
+use support::haproxy_available;
 
 #[tokio::test]
 async fn validation_verdicts() {

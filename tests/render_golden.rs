@@ -12,20 +12,8 @@ use flow_proxy::haproxy::{HaproxyPaths, SoftStopSettings, validate};
 use flow_proxy::plan::{Plan, PlanSettings, SlotTable, plan};
 use flow_proxy::render::{CustomSnippets, LogTarget, RenderSettings, render_with_custom};
 
-fn haproxy_available() -> bool {
-    let found = std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("haproxy is not on PATH and CI=true: install it (apt-get install -y haproxy)");
-        }
-        eprintln!("SKIP: haproxy is not on PATH; golden files are not checked with haproxy -c");
-    }
-    found
-}
+mod support;
+use support::haproxy_available;
 
 fn intent(pairs: &[(&str, &str)]) -> ServiceIntent {
     let map = pairs

@@ -17,20 +17,8 @@ use flow_proxy::haproxy::{HaproxyPaths, SoftStopSettings};
 use flow_proxy::plan::{Change, PlanSettings, SlotTable, diff, plan};
 use flow_proxy::render::{RenderSettings, render};
 
-fn haproxy_available() -> bool {
-    let found = Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("haproxy is not on PATH and CI=true: install it (apt-get install -y haproxy)");
-        }
-        eprintln!("SKIP: haproxy is not on PATH; live routing tests not run");
-    }
-    found
-}
+mod support;
+use support::haproxy_available;
 
 /// A tiny HTTP backend answering every request with `body`.
 fn backend(body: &'static str) -> u16 {
