@@ -29,9 +29,32 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The non-test part of a source file: everything before the first `#[cfg(test)]`.
-fn production_code(text: &str) -> &str {
-    text.split("#[cfg(test)]").next().unwrap_or(text)
+/// The non-test part of a source file: `#[cfg(test)]` items (a test module up to its closing
+/// brace, or a single line) are blanked out, so line numbers stay right.
+fn production_code(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "#[cfg(test)]" {
+            out.push(line);
+            continue;
+        }
+        out.push("");
+        let Some(item) = lines.next() else { break };
+        out.push("");
+        if !item.trim_end().ends_with('{') {
+            continue;
+        }
+        let mut depth = 1i32;
+        for inner in lines.by_ref() {
+            out.push("");
+            depth += inner.matches('{').count() as i32 - inner.matches('}').count() as i32;
+            if depth <= 0 {
+                break;
+            }
+        }
+    }
+    out.join("\n")
 }
 
 #[test]
