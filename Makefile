@@ -11,6 +11,7 @@ API_ADDRESS ?= 127.0.0.1:8080
 # the checkout: HAProxy on 127.0.0.1:$(HTTP_PORT), the API on $(API_ADDRESS).
 run:
 	DATA_DIR=$(DATA_DIR) HTTP_PORT=$(HTTP_PORT) API_ADDRESS=$(API_ADDRESS) BIND_ADDRESS=127.0.0.1 \
+		STOP_HAPROXY_ON_EXIT=true \
 		cargo run --release -- server
 
 build:
