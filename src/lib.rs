@@ -21,6 +21,7 @@ pub mod access_log;
 pub mod api;
 pub mod consul;
 pub mod ctmpl;
+pub mod custom;
 pub mod domain;
 pub mod haproxy;
 pub mod intent_store;

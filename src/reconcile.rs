@@ -26,14 +26,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::consul::{ConsulClient, Interest};
-use crate::domain::{CatalogSnapshot, Instance, ServiceIntent, ServiceName};
+use crate::custom::{CustomTemplates, merge::shared_ports};
+use crate::domain::{
+    CatalogSnapshot, CustomTemplates as TemplateSpec, Instance, ServiceIntent, ServiceName,
+};
 use crate::haproxy::{EnsureOutcome, Supervisor};
 use crate::intent_store::{IntentStore, Intents};
 use crate::plan::{
     Change, PARKED_ADDR, PARKED_PORT, Plan, PlanSettings, RuntimeCommand, ServerAdminState,
     ServerState, SlotTable, diff, plan,
 };
-use crate::render::{RenderSettings, render};
+use crate::render::{CustomSnippets, RenderSettings, render_with_custom};
 
 /// Why an apply did not go live.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +68,8 @@ pub struct ReconcilerOptions {
     pub max_wait: Duration,
     /// Stop HAProxy when the reconciler stops.
     pub stop_haproxy_on_exit: bool,
+    /// The only directory custom templates are read from (`TEMPLATES_ROOT`).
+    pub templates_root: std::path::PathBuf,
 }
 
 impl Default for ReconcilerOptions {
@@ -76,6 +81,7 @@ impl Default for ReconcilerOptions {
             quiet: Duration::from_millis(200),
             max_wait: Duration::from_secs(2),
             stop_haproxy_on_exit: false,
+            templates_root: std::path::PathBuf::from("/consul_templates"),
         }
     }
 }
@@ -175,6 +181,13 @@ struct Live {
     plan: Plan,
     text: String,
     intents: Intents,
+    custom: BTreeMap<ServiceName, CustomSnippets>,
+}
+
+/// A rendered configuration with the custom snippets it holds.
+struct Rendered {
+    text: String,
+    custom: BTreeMap<ServiceName, CustomSnippets>,
 }
 
 /// A service read directly, valid until the catalog watcher has caught up.
@@ -201,6 +214,7 @@ pub struct Reconciler {
     intents: Intents,
     catalog: Arc<CatalogSnapshot>,
     overlay: BTreeMap<ServiceName, Overlay>,
+    custom: CustomTemplates,
     live: Option<Live>,
     generation: u64,
     last_apply: Option<Instant>,
@@ -217,6 +231,11 @@ impl Reconciler {
     ) -> (ReconcilerHandle, tokio::task::JoinHandle<()>) {
         let (req_tx, req_rx) = mpsc::channel(256);
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
+        let custom = CustomTemplates::new(
+            options.templates_root.clone(),
+            shared_ports(options.render.http_port, options.render.https_port),
+            inputs.client.clone(),
+        );
         let reconciler = Reconciler {
             supervisor,
             options,
@@ -226,6 +245,7 @@ impl Reconciler {
             intents: Intents::new(),
             catalog: Arc::new(CatalogSnapshot::new()),
             overlay: BTreeMap::new(),
+            custom,
             live: None,
             generation: 0,
             last_apply: None,
@@ -280,6 +300,7 @@ impl Reconciler {
                 }
             }
         }
+        self.prepare_custom().await;
         let routed = self.publish_interest();
         // 2. The first catalog snapshot of those services; services it does not hold yet (the
         // watcher may still be taking in the new interest) are read directly.
@@ -292,6 +313,7 @@ impl Reconciler {
             }
         }
         self.read_new_services(routed).await;
+        self.prepare_custom().await;
         // 3. Render, start or adopt HAProxy, and go live.
         backoff = Duration::from_millis(200);
         loop {
@@ -325,7 +347,7 @@ impl Reconciler {
     async fn start(&mut self) -> Result<(), ApplyError> {
         let intents = self.intents.clone();
         let desired = self.desired(&intents);
-        let text = self.render(&desired)?;
+        let Rendered { text, custom } = self.render(&desired, &intents)?;
         let (pid, adopted) = self
             .supervisor
             .start_or_adopt(&text)
@@ -344,7 +366,7 @@ impl Reconciler {
             }
         }
         self.apply_full_runtime_state(&desired).await?;
-        self.went_live(desired, text, intents);
+        self.went_live(desired, text, intents, custom);
         Ok(())
     }
 
@@ -382,6 +404,7 @@ impl Reconciler {
                 }
                 _ = tick.tick() => batch.tick = true,
                 _ = sleep_until_opt(overlay_expiry) => batch.watcher = true,
+                _ = self.custom.kv_changed() => batch.watcher = true,
             }
             // A burst from the watchers right after an apply waits for a quiet window, capped.
             let recent = self
@@ -436,6 +459,11 @@ impl Reconciler {
             }
             if batch.tick {
                 self.check_haproxy().await;
+                self.custom.refresh_all();
+            }
+            // A reconfigure reads its template files again.
+            for name in batch.pending.keys() {
+                self.custom.forget(name);
             }
             let result = self.apply(batch.reload).await;
             if let Err(error) = &result {
@@ -495,26 +523,58 @@ impl Reconciler {
         plan(intents, &catalog, previous, &self.options.plan)
     }
 
-    fn render(&self, desired: &Plan) -> Result<String, ApplyError> {
-        render(desired, &self.options.render)
+    /// Renders `desired` with the custom snippets of the template services of `intents`; a
+    /// template that cannot be rendered fails the whole configuration.
+    fn render(&self, desired: &Plan, intents: &Intents) -> Result<Rendered, ApplyError> {
+        let mut custom = BTreeMap::new();
+        for name in &desired.custom_templates {
+            let Some(spec) = intents.get(name).and_then(|i| i.templates.as_ref()) else {
+                continue;
+            };
+            let snippets = self
+                .custom
+                .snippets(name, spec)
+                .map_err(|e| ApplyError::Failed(format!("custom template of {name}: {e}")))?;
+            custom.insert(name.clone(), snippets);
+        }
+        let text = render_with_custom(desired, &self.options.render, &custom)
             .map(|r| r.into_string())
-            .map_err(|e| ApplyError::Failed(chain(&e)))
+            .map_err(|e| ApplyError::Failed(chain(&e)))?;
+        Ok(Rendered { text, custom })
     }
 
-    /// Publishes the catalog services the intents route; newly routed ones are read at once.
+    /// Loads, fetches the data of and renders the custom templates of the wanted and the live
+    /// intents (the live ones are needed to keep a service's live version).
+    async fn prepare_custom(&mut self) {
+        let live = self.live.as_ref().map(|l| &l.intents);
+        let specs: BTreeSet<(ServiceName, TemplateSpec)> = self
+            .intents
+            .iter()
+            .chain(live.into_iter().flatten())
+            .filter_map(|(name, i)| i.templates.clone().map(|t| (name.clone(), t)))
+            .collect();
+        let catalog = Arc::clone(&self.catalog);
+        self.custom.prepare(&specs, &catalog).await;
+    }
+
+    /// Publishes the catalog services the intents route and the custom templates read; newly
+    /// routed ones are read at once.
     fn publish_interest(&self) -> BTreeSet<ServiceName> {
-        let wanted: BTreeSet<ServiceName> = self
+        let routed: BTreeSet<ServiceName> = self
             .intents
             .values()
+            .filter(|i| i.templates.is_none())
             .map(|i| i.catalog_service.clone())
             .collect();
+        let mut wanted = routed.clone();
+        wanted.extend(self.custom.services_read());
         let mut added = BTreeSet::new();
         self.inputs.interest.send_if_modified(|current| {
             let before = match current {
                 Interest::Services(set) => set.clone(),
                 Interest::All => BTreeSet::new(),
             };
-            added = wanted.difference(&before).cloned().collect();
+            added = routed.difference(&before).cloned().collect();
             if *current == Interest::Services(wanted.clone()) {
                 false
             } else {
@@ -588,6 +648,7 @@ impl Reconciler {
     }
 
     async fn apply(&mut self, force_reload: bool) -> Result<(), ApplyError> {
+        self.prepare_custom().await;
         let added = self.publish_interest();
         self.read_new_services(added).await;
         let intents = self.intents.clone();
@@ -629,8 +690,8 @@ impl Reconciler {
     /// Whether the configuration for `intents` passes `haproxy -c`.
     async fn validates(&mut self, intents: &Intents) -> bool {
         let desired = self.desired(intents);
-        match self.render(&desired) {
-            Ok(text) => self.supervisor.validate(&text).await.is_ok(),
+        match self.render(&desired, intents) {
+            Ok(r) => self.supervisor.validate(&r.text).await.is_ok(),
             Err(_) => false,
         }
     }
@@ -641,12 +702,13 @@ impl Reconciler {
         force_reload: bool,
     ) -> Result<(), ApplyError> {
         let desired = self.desired(&intents);
-        let text = self.render(&desired)?;
+        let Rendered { text, custom } = self.render(&desired, &intents)?;
         self.last_apply = Some(Instant::now());
         let Some(live) = &self.live else {
             return Err(ApplyError::NotReady);
         };
-        let change = if force_reload {
+        // The plan does not hold the text of custom templates: a change there is structural.
+        let change = if force_reload || custom != live.custom {
             Change::Reload
         } else {
             diff(&live.plan, &desired)
@@ -673,7 +735,7 @@ impl Reconciler {
             }
             Change::Reload => self.reload(&desired, &text).await?,
         }
-        self.went_live(desired, text, intents);
+        self.went_live(desired, text, intents, custom);
         Ok(())
     }
 
@@ -714,7 +776,13 @@ impl Reconciler {
             .map_err(|e| ApplyError::Failed(chain(&e)))
     }
 
-    fn went_live(&mut self, desired: Plan, text: String, intents: Intents) {
+    fn went_live(
+        &mut self,
+        desired: Plan,
+        text: String,
+        intents: Intents,
+        custom: BTreeMap<ServiceName, CustomSnippets>,
+    ) {
         self.generation += 1;
         let status = Status {
             ready: true,
@@ -727,6 +795,7 @@ impl Reconciler {
             plan: desired,
             text,
             intents,
+            custom,
         });
         self.status.send_replace(Arc::new(status));
     }

@@ -187,6 +187,7 @@ async fn run_proxy(
         },
         render,
         stop_haproxy_on_exit: args.stop_haproxy_on_exit,
+        templates_root: args.templates_root.clone(),
         ..ReconcilerOptions::default()
     };
     let supervisor = Supervisor::new(
@@ -229,6 +230,7 @@ async fn run_proxy(
             store,
             reconciler: handle,
             config_path: paths.config().to_path_buf(),
+            templates_root: args.templates_root.clone(),
         },
         api_stop.clone(),
     );

@@ -80,12 +80,12 @@ async fn bad_input_is_refused_and_live_state_is_unchanged() {
         assert!(body.starts_with(r#"{"Status":"NOK","Message":""#), "{body}");
         assert!(body.contains(param), "{query}: {body}");
     }
-    // Custom templates are refused clearly for now.
+    // A custom template that cannot be read is refused, naming the parameter.
     let (status, body) = proxy
         .call("/v1/docker-flow-proxy/reconfigure?serviceName=x&consulTemplatePath=/consul_templates/x.tmpl")
         .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("not supported yet"), "{body}");
+    assert!(body.contains("consulTemplatePath"), "{body}");
 
     // remove without or with a bad serviceName.
     let (status, body) = proxy.call("/v1/docker-flow-proxy/remove").await;

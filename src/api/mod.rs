@@ -5,7 +5,8 @@
 //! parsing (first value of each parameter, as DFP), the response bodies (DFP's 1.0.3 fields in
 //! their order) and the single mapping of errors to status codes ([`ApiError`]).
 //!
-//! A `reconfigure` is validated (400 on bad input, nothing changed), persisted in Consul KV in
+//! A `reconfigure` is validated (400 on bad input, nothing changed; custom template paths must
+//! resolve inside `TEMPLATES_ROOT` and the templates must parse), persisted in Consul KV in
 //! one transaction (503 when Consul fails, nothing half-written), handed to the reconciler, and
 //! answered once it is live in HAProxy (500 with the reason otherwise, after restoring the
 //! previous intent).
@@ -41,6 +42,8 @@ pub struct ApiState {
     pub reconciler: ReconcilerHandle,
     /// The live `haproxy.cfg`.
     pub config_path: PathBuf,
+    /// `TEMPLATES_ROOT`: custom templates are checked against it before they are persisted.
+    pub templates_root: PathBuf,
 }
 
 /// Every way a request can fail, mapped to a status code in one place.
@@ -251,12 +254,12 @@ fn not_ready(state: &ApiState) -> Result<(), ApiError> {
 
 async fn reconfigure(params: &Params, state: &ApiState) -> Result<ReconfigureEcho, ApiError> {
     let intent = ServiceIntent::from_params(params).map_err(bad)?;
-    if intent.templates.is_some() {
-        return Err(ApiError::BadRequest(
-            "custom templates (consulTemplatePath, consulTemplateFePath, consulTemplateBePath) \
-             are not supported yet"
-                .to_owned(),
-        ));
+    if let Some(spec) = &intent.templates {
+        // Refused before anything is written: a path outside TEMPLATES_ROOT, a missing file or
+        // a template that does not parse.
+        crate::custom::load(&state.templates_root, spec)
+            .await
+            .map_err(bad)?;
     }
     not_ready(state)?;
     let previous = state.reconciler.status().intents.get(&intent.name).cloned();

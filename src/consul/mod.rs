@@ -23,6 +23,7 @@ mod kv;
 mod kv_watch;
 mod rate_limit;
 mod resolve;
+mod template_data;
 mod transport;
 mod txn;
 mod wire;

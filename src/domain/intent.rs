@@ -373,7 +373,7 @@ impl RawParams {
 
 /// Custom templates named by the intent. When present, the service's frontend and backend come
 /// from these files instead of the built-in routing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CustomTemplates {
     /// `consulTemplatePath` (DFP 1.0): one file holding a whole frontend and backend.
     Whole(TemplatePath),
