@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{DEADLINE, Proxy, Registry, backend, haproxy_available};
+use flow_proxy::consul::KvKey;
+use support::{DEADLINE, Proxy, Registry, backend, haproxy_available, wait_until};
 
 /// `test_configs/tmpl/go-demo.tmpl` of Docker Flow: Proxy's README, verbatim.
 const README_TEMPLATE: &str = "frontend go-demo-fe
@@ -124,5 +125,214 @@ async fn readme_example_template_follows_scaling() {
         &["hello, world! 1", "hello, world! 2"],
     )
     .await;
+    proxy.stop().await;
+}
+
+/// `test_configs/tmpl/go-demo-fe.tmpl` and `go-demo-be.tmpl` of Docker Flow: Proxy.
+const FE_TEMPLATE: &str =
+    "\tacl url_go-demo path_beg /demo\n\tuse_backend go-demo-be if url_go-demo\n";
+const BE_TEMPLATE: &str = "backend go-demo-be
+\t{{ range $i, $e := service \"go-demo\" \"any\" }}
+\tserver {{$e.Node}}_{{$i}}_{{$e.Port}} {{$e.Address}}:{{$e.Port}} check
+\t{{end}}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_form_and_startup_recovery() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    let fe = write(root.path(), "tmpl/go-demo-fe.tmpl", FE_TEMPLATE);
+    let be = write(root.path(), "tmpl/go-demo-be.tmpl", BE_TEMPLATE);
+    let registry = Registry::start().await;
+    let mut proxy = start(&registry, root.path()).await;
+    let app1 = backend("split 1").await;
+    registry.register("go-demo", 1, app1).await;
+    let (status, body) = proxy
+        .call(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=go-demo&consulTemplateFePath={fe}&consulTemplateBePath={be}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!(r#""ConsulTemplateFePath":"{fe}""#)),
+        "{body}"
+    );
+    let (status, body) = proxy.get("localhost", "/demo/hello").await;
+    assert_eq!((status, body.as_str()), (200, "split 1\n"));
+    let app2 = backend("split 2").await;
+    registry.register("go-demo", 2, app2).await;
+    expect_bodies(&proxy, "/demo/hello", &["split 1", "split 2"]).await;
+    proxy.stop().await;
+
+    // A new proxy on the same Consul, with no API call, serves the template-based service.
+    let second = start(&registry, root.path()).await;
+    expect_bodies(&second, "/demo/hello", &["split 1", "split 2"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_and_any_filter_by_health() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    let template = |filter: &str, path: &str| {
+        format!(
+            "frontend x\n    bind *:80\n    acl url_{path} path_beg /{path}\n    use_backend {path}-be if url_{path}\n\nbackend {path}-be\n{{{{- range service \"web{filter}\" }}}}\n    server {{{{.Node}}}}_{{{{.Port}}}} {{{{.Address}}}}:{{{{.Port}}}}\n{{{{- end }}}}\n"
+        )
+    };
+    let passing = write(root.path(), "passing.tmpl", &template("", "passing"));
+    let any = write(root.path(), "any.tmpl", &template("|any", "any"));
+    let registry = Registry::start().await;
+    let mut proxy = start(&registry, root.path()).await;
+    let healthy = backend("healthy").await;
+    let critical = backend("critical").await;
+    registry.register("web", 1, healthy).await;
+    registry.register_critical("web", 2, critical).await;
+    for (name, path) in [("passing", &passing), ("any", &any)] {
+        let (status, body) = proxy
+            .call(&format!(
+                "/v1/docker-flow-proxy/reconfigure?serviceName={name}&consulTemplatePath={path}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    expect_bodies(&proxy, "/passing", &["healthy"]).await;
+    expect_bodies(&proxy, "/any", &["healthy", "critical"]).await;
+    // Health changes re-render: the critical instance turns passing.
+    registry
+        .client
+        .agent_check_pass("service:host:web_app_2:8080")
+        .await
+        .unwrap();
+    expect_bodies(&proxy, "/passing", &["healthy", "critical"]).await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_read_and_followed() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    let path = write(
+        root.path(),
+        "kv.tmpl",
+        "frontend kv\n    bind *:80\n    acl url_kv path_beg {{ keyOrDefault \"cfg/path\" \"/default\" }}\n    use_backend kv-be if url_kv\n\nbackend kv-be\n    http-request return status 200 content-type text/plain string \"{{ key \"cfg/greeting\" }}\"\n",
+    );
+    let registry = Registry::start().await;
+    let mut proxy = start(&registry, root.path()).await;
+    let put = |key: &'static str, value: &'static str| {
+        let client = registry.client.clone();
+        async move {
+            client
+                .kv_put(&KvKey::new(key).unwrap(), value.as_bytes(), None)
+                .await
+                .unwrap();
+        }
+    };
+    let call =
+        format!("/v1/docker-flow-proxy/reconfigure?serviceName=kv&consulTemplatePath={path}");
+    // `key` of a missing key: refused with the reason, nothing stored.
+    let (status, body) = proxy.call(&call).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("cfg/greeting"), "{body}");
+    assert!(registry.kv_keys("docker-flow/kv/").await.is_empty());
+    put("cfg/greeting", "hello").await;
+    let (status, body) = proxy.call(&call).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        proxy.get("localhost", "/default").await,
+        (200, "hello".to_owned())
+    );
+    // A KV change re-renders without another call.
+    put("cfg/path", "/custom").await;
+    put("cfg/greeting", "changed").await;
+    wait_until("the KV change is live", || async {
+        proxy.get("localhost", "/custom").await == (200, "changed".to_owned())
+    })
+    .await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_paths_and_templates_are_refused_with_live_routes_untouched() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = write(outside.path(), "secret.tmpl", BE_TEMPLATE);
+    std::os::unix::fs::symlink(&secret, root.path().join("tmpl/escape.tmpl")).unwrap();
+    let good = write(root.path(), "tmpl/go-demo.tmpl", README_TEMPLATE);
+    let broken = write(
+        root.path(),
+        "tmpl/broken.tmpl",
+        "backend b\n{{ range service \"x\" }\n",
+    );
+    let unknown = write(
+        root.path(),
+        "tmpl/unknown.tmpl",
+        "backend b\n{{ nosuchfunc }}\n",
+    );
+    let invalid = write(
+        root.path(),
+        "tmpl/invalid.tmpl",
+        "backend bad-be\n    no-such-directive {{ len (service \"go-demo\") }}\n",
+    );
+    let registry = Registry::start().await;
+    let mut proxy = start(&registry, root.path()).await;
+    let app = backend("live").await;
+    registry.register("go-demo", 1, app).await;
+    let reconfigure = |name: &str, path: &str| {
+        format!("/v1/docker-flow-proxy/reconfigure?serviceName={name}&consulTemplatePath={path}")
+    };
+    let (status, body) = proxy.call(&reconfigure("go-demo", &good)).await;
+    assert_eq!(status, 200, "{body}");
+    let before = proxy.call("/v1/docker-flow-proxy/config").await.1;
+
+    let root_path = root.path().display().to_string();
+    for (path, reason) in [
+        (secret.as_str(), "outside TEMPLATES_ROOT"),
+        (&format!("{root_path}/tmpl/../../etc/passwd"), "'..'"),
+        ("tmpl/escape.tmpl", "outside TEMPLATES_ROOT"),
+        ("tmpl/missing.tmpl", "cannot read"),
+        (broken.as_str(), "line 2"),
+        (unknown.as_str(), "nosuchfunc"),
+    ] {
+        let (status, body) = proxy.call(&reconfigure("other", path)).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(reason), "{path}: {body}");
+    }
+    // A template rendering a configuration HAProxy refuses: 500 with HAProxy's line.
+    let (status, body) = proxy.call(&reconfigure("other", &invalid)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("no-such-directive"), "{body}");
+    assert!(
+        !body.contains("frontend services"),
+        "the whole config was dumped: {body}"
+    );
+    assert!(registry.kv_keys("docker-flow/other/").await.is_empty());
+    assert_eq!(proxy.call("/v1/docker-flow-proxy/config").await.1, before);
+    assert_eq!(
+        proxy.get("localhost", "/demo/x").await,
+        (200, "live\n".to_owned())
+    );
+    // Later changes of other services are unaffected.
+    let app2 = backend("plain").await;
+    registry.register("plain", 1, app2).await;
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=plain&servicePath=/plain")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        proxy.get("localhost", "/plain").await,
+        (200, "plain\n".to_owned())
+    );
+    assert_eq!(
+        proxy.get("localhost", "/demo/x").await,
+        (200, "live\n".to_owned())
+    );
     proxy.stop().await;
 }

@@ -298,9 +298,14 @@ impl CustomTemplates {
         }
     }
 
-    /// Forgets the files of `name`, so they are read again (a `reconfigure` re-reads them).
+    /// Forgets the files of `name`, so they are read again (a `reconfigure` re-reads them),
+    /// and reads the data of every template again, so the answer reflects Consul as it is.
     pub fn forget(&mut self, name: &ServiceName) {
+        let before = self.entries.len();
         self.entries.retain(|(n, _), _| n != name);
+        if self.entries.len() != before {
+            self.refresh_all = true;
+        }
     }
 
     /// Makes the next [`CustomTemplates::prepare`] read all template data again.
@@ -571,8 +576,8 @@ impl CustomTemplates {
             let tx = self.kv_tx.clone();
             let stop = token.clone();
             tokio::spawn(async move {
-                // The first answer only establishes the baseline.
-                let mut first = true;
+                // The first answer counts too: a change between the read that rendered the
+                // template and the watch's first answer must not be lost.
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -580,9 +585,7 @@ impl CustomTemplates {
                             if r.is_err() {
                                 break;
                             }
-                            if !std::mem::take(&mut first) {
-                                tx.send_modify(|n| *n = n.wrapping_add(1));
-                            }
+                            tx.send_modify(|n| *n = n.wrapping_add(1));
                         }
                     }
                 }
