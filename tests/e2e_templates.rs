@@ -336,3 +336,46 @@ async fn bad_paths_and_templates_are_refused_with_live_routes_untouched() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_clash_is_refused_at_reload_and_rolled_back() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    // Another process holds this port: `haproxy -c` accepts the configuration, the reload
+    // cannot bind.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let clash = write(
+        root.path(),
+        "clash.tmpl",
+        &format!(
+            "frontend clash-fe\n    bind 127.0.0.1:{port}\n    default_backend clash-be\n\nbackend clash-be\n    http-request return status 200\n"
+        ),
+    );
+    let registry = Registry::start().await;
+    let mut proxy = start(&registry, root.path()).await;
+    let app = backend("live").await;
+    registry.register("go-demo", 1, app).await;
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=go-demo&servicePath=/demo")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let before = proxy.call("/v1/docker-flow-proxy/config").await.1;
+    let (status, body) = proxy
+        .call(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=clash&consulTemplatePath={clash}"
+        ))
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("cannot bind socket"), "{body}");
+    assert!(registry.kv_keys("docker-flow/clash/").await.is_empty());
+    assert_eq!(proxy.call("/v1/docker-flow-proxy/config").await.1, before);
+    assert_eq!(
+        proxy.get("localhost", "/demo/x").await,
+        (200, "live\n".to_owned())
+    );
+    drop(holder);
+    proxy.stop().await;
+}
