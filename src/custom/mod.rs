@@ -269,6 +269,9 @@ pub struct CustomTemplates {
     refresh_all: bool,
     kv_tx: watch::Sender<u64>,
     kv_rx: watch::Receiver<u64>,
+    /// The KV generation the cache was last read at; `kv_changed` marks the receiver's value
+    /// as seen, so the comparison is made against this number instead.
+    kv_seen: u64,
     kv_watches: BTreeMap<(String, bool), CancellationToken>,
     cancel: CancellationToken,
 }
@@ -293,6 +296,7 @@ impl CustomTemplates {
             refresh_all: false,
             kv_tx,
             kv_rx,
+            kv_seen: 0,
             kv_watches: BTreeMap::new(),
             cancel: CancellationToken::new(),
         }
@@ -387,10 +391,9 @@ impl CustomTemplates {
     /// Reads again what changed; true when anything was read.
     async fn refresh_stale(&mut self, catalog: &CatalogSnapshot) -> bool {
         let all = std::mem::take(&mut self.refresh_all);
-        let kv = self.kv_rx.has_changed().unwrap_or(false);
-        if kv {
-            self.kv_rx.borrow_and_update();
-        }
+        let generation = *self.kv_rx.borrow_and_update();
+        let kv = generation != self.kv_seen;
+        self.kv_seen = generation;
         let mut changed = false;
         let stale: Vec<String> = self
             .data
