@@ -345,7 +345,19 @@ impl Reconciler {
     }
 
     async fn start(&mut self) -> Result<(), ApplyError> {
-        let intents = self.intents.clone();
+        // A custom template that cannot be read or rendered (a missing file, a missing key)
+        // must not keep every other service down: it is left out and retried by later applies.
+        let mut intents = self.intents.clone();
+        intents.retain(|name, intent| match &intent.templates {
+            None => true,
+            Some(spec) => match self.custom.snippets(name, spec) {
+                Ok(_) => true,
+                Err(error) => {
+                    warn!(service = %name, %error, "custom template left out at start");
+                    false
+                }
+            },
+        });
         let desired = self.desired(&intents);
         let Rendered { text, custom } = self.render(&desired, &intents)?;
         let (pid, adopted) = self

@@ -379,3 +379,113 @@ async fn a_port_clash_is_refused_at_reload_and_rolled_back() {
     drop(holder);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_reads_and_kv_prefixes() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    // `services` then `service .Name`: the second read depends on the first (a fetch round
+    // each); routes come from a KV prefix.
+    let path = write(
+        root.path(),
+        "nested.tmpl",
+        "frontend all\n    bind *:80\n{{- range ls \"routes\" }}\n    acl url_{{ .Key }} path_beg {{ .Value }}\n    use_backend {{ .Key }}-be if url_{{ .Key }}\n{{- end }}\n{{ range services }}{{ if in .Tags \"web\" }}\nbackend {{ .Name }}-be\n{{- range service .Name }}\n    server s{{ .Port }} {{ .Address }}:{{ .Port }}\n{{- end }}\n{{ end }}{{ end }}",
+    );
+    let registry = Registry::start().await;
+    let mut proxy = start(&registry, root.path()).await;
+    for (name, body) in [("alpha", "alpha"), ("beta", "beta")] {
+        let port = backend(body).await;
+        registry
+            .client
+            .agent_register(&flow_proxy::consul::ServiceRegistration {
+                id: format!("{name}-1"),
+                name: name.into(),
+                tags: vec!["web".into()],
+                address: "127.0.0.1".into(),
+                port,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let put = |key: &'static str, value: &'static str| {
+        let client = registry.client.clone();
+        async move {
+            client
+                .kv_put(&KvKey::new(key).unwrap(), value.as_bytes(), None)
+                .await
+                .unwrap();
+        }
+    };
+    put("routes/alpha", "/a").await;
+    let (status, body) = proxy
+        .call(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=nested&consulTemplatePath={path}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        proxy.get("localhost", "/a").await,
+        (200, "alpha\n".to_owned())
+    );
+    // A key added under the prefix re-renders with no further call.
+    put("routes/beta", "/b").await;
+    wait_until("the new route under the prefix is live", || async {
+        proxy.get("localhost", "/b").await == (200, "beta\n".to_owned())
+    })
+    .await;
+    // So does a new instance of a service read in the second round.
+    let port = backend("alpha 2").await;
+    registry
+        .client
+        .agent_register(&flow_proxy::consul::ServiceRegistration {
+            id: "alpha-2".into(),
+            name: "alpha".into(),
+            tags: vec!["web".into()],
+            address: "127.0.0.1".into(),
+            port,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    expect_bodies(&proxy, "/a", &["alpha", "alpha 2"]).await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_missing_at_start_does_not_keep_the_others_down() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    let path = write(root.path(), "tmpl/go-demo.tmpl", README_TEMPLATE);
+    let registry = Registry::start().await;
+    let mut first = start(&registry, root.path()).await;
+    let app = backend("templated").await;
+    registry.register("go-demo", 1, app).await;
+    let plain = backend("plain").await;
+    registry.register("plain", 1, plain).await;
+    for call in [
+        format!("/v1/docker-flow-proxy/reconfigure?serviceName=go-demo&consulTemplatePath={path}"),
+        "/v1/docker-flow-proxy/reconfigure?serviceName=plain&servicePath=/plain".to_owned(),
+    ] {
+        let (status, body) = first.call(&call).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    first.stop().await;
+    std::fs::remove_file(&path).unwrap();
+    // `start` waits until ping answers 200.
+    let mut second = start(&registry, root.path()).await;
+    assert_eq!(
+        second.get("localhost", "/plain").await,
+        (200, "plain\n".to_owned())
+    );
+    // Once the file is back, the next apply takes the service in.
+    std::fs::write(&path, README_TEMPLATE).unwrap();
+    let (status, body) = second.call("/v1/docker-flow-proxy/reload").await;
+    assert_eq!(status, 200, "{body}");
+    expect_bodies(&second, "/demo/hello", &["templated"]).await;
+    second.stop().await;
+}

@@ -356,7 +356,9 @@ impl CustomTemplates {
     ) {
         self.entries.retain(|k, _| specs.contains(k));
         for key in specs {
-            if !self.entries.contains_key(key) {
+            // Files not read yet, or that could not be read or parsed last time (a file put
+            // back heals at the next apply).
+            if self.entries.get(key).is_none_or(|e| e.loaded.is_err()) {
                 let loaded = load(&self.root, &key.1)
                     .await
                     .map(Arc::new)
