@@ -358,6 +358,22 @@ impl Reconciler {
                 }
             },
         });
+        // Likewise a template whose output HAProxy refuses: template services are taken in
+        // one at a time, each only if the configuration still validates.
+        if intents.values().any(|i| i.templates.is_some()) && !self.validates(&intents).await {
+            let mut candidate = intents.clone();
+            candidate.retain(|_, i| i.templates.is_none());
+            for (name, intent) in intents.iter().filter(|(_, i)| i.templates.is_some()) {
+                let mut trial = candidate.clone();
+                trial.insert(name.clone(), intent.clone());
+                if self.validates(&trial).await {
+                    candidate = trial;
+                } else {
+                    warn!(service = %name, "custom template left out at start: HAProxy refuses its output");
+                }
+            }
+            intents = candidate;
+        }
         let desired = self.desired(&intents);
         let Rendered { text, custom } = self.render(&desired, &intents)?;
         let (pid, adopted) = self

@@ -461,6 +461,7 @@ async fn a_template_missing_at_start_does_not_keep_the_others_down() {
     }
     let root = templates_dir();
     let path = write(root.path(), "tmpl/go-demo.tmpl", README_TEMPLATE);
+    let other = write(root.path(), "tmpl/other.tmpl", "backend other-be\n");
     let registry = Registry::start().await;
     let mut first = start(&registry, root.path()).await;
     let app = backend("templated").await;
@@ -470,22 +471,27 @@ async fn a_template_missing_at_start_does_not_keep_the_others_down() {
     for call in [
         format!("/v1/docker-flow-proxy/reconfigure?serviceName=go-demo&consulTemplatePath={path}"),
         "/v1/docker-flow-proxy/reconfigure?serviceName=plain&servicePath=/plain".to_owned(),
+        format!("/v1/docker-flow-proxy/reconfigure?serviceName=other&consulTemplatePath={other}"),
     ] {
         let (status, body) = first.call(&call).await;
         assert_eq!(status, 200, "{body}");
     }
     first.stop().await;
     std::fs::remove_file(&path).unwrap();
+    // And one whose output HAProxy now refuses.
+    std::fs::write(&other, "backend other-be\n    no-such-directive\n").unwrap();
     // `start` waits until ping answers 200.
     let mut second = start(&registry, root.path()).await;
     assert_eq!(
         second.get("localhost", "/plain").await,
         (200, "plain\n".to_owned())
     );
-    // Once the file is back, the next apply takes the service in.
+    // Once the file is back, the next apply takes the service in; the refused one stays out
+    // and the reload answers with HAProxy's reason.
     std::fs::write(&path, README_TEMPLATE).unwrap();
     let (status, body) = second.call("/v1/docker-flow-proxy/reload").await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("no-such-directive"), "{body}");
     expect_bodies(&second, "/demo/hello", &["templated"]).await;
     second.stop().await;
 }
