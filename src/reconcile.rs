@@ -3,7 +3,9 @@
 //! Owns: the latest intents and catalog snapshot, the live plan and configuration text, the
 //! HAProxy [`Supervisor`], startup recovery (intents from KV, first catalog snapshot, render,
 //! start or adopt HAProxy, then ready) and the published [`Status`] (readiness, applied
-//! generation, outcome) that the API waits on.
+//! generation, outcome) that the API waits on. Custom templates are rendered through
+//! [`CustomTemplates`] before each apply, and the services they read join the catalog
+//! watcher's interest.
 //!
 //! One loop over a closed set of triggers: API requests, catalog changed, intents changed in
 //! KV, the resync tick and shutdown. Level-triggered: every apply recomputes the plan from the
