@@ -702,6 +702,62 @@ mod tests {
         assert!(matches!(e, TemplateError::Root { .. }), "{e}");
     }
 
+    #[test]
+    fn the_cache_records_what_it_lacks_instead_of_failing() {
+        let mut data = DataCache::default();
+        data.keys.insert("present".into(), None);
+        let source = CacheSource {
+            data: &data,
+            misses: RefCell::new(Misses::default()),
+        };
+        let t = Template::parse(
+            "t",
+            "{{ range service \"web\" }}x{{ end }}{{ keyOrDefault \"a/b\" \"d\" }}{{ keyOrDefault \"present\" \"p\" }}{{ range ls \"cfg\" }}{{ end }}{{ range services }}{{ end }}",
+        )
+        .unwrap();
+        let (result, deps) = render_loaded(&Loaded::Whole(t), &source, &[80]);
+        assert_eq!(result.unwrap().sections, "dp");
+        let misses = source.misses.into_inner();
+        assert_eq!(misses.services, ["web".to_owned()].into());
+        assert_eq!(misses.keys, ["a/b".to_owned()].into());
+        assert_eq!(misses.prefixes, ["cfg".to_owned()].into());
+        assert!(misses.catalog);
+        assert_eq!(deps.keys.len(), 2);
+        assert!(deps.catalog_services);
+    }
+
+    #[test]
+    fn the_split_form_gives_frontend_lines_and_a_backend() {
+        let mut data = DataCache::default();
+        let entry = ServiceEntry {
+            node: "n1".into(),
+            id: "go-demo-1".into(),
+            name: "go-demo".into(),
+            address: "10.0.0.1".into(),
+            port: 8080,
+            ..ServiceEntry::default()
+        };
+        data.services.insert("go-demo".into(), (vec![entry], None));
+        let source = CacheSource {
+            data: &data,
+            misses: RefCell::new(Misses::default()),
+        };
+        let fe = Template::parse("fe", "\tacl url_go-demo path_beg /demo\n").unwrap();
+        let be = Template::parse(
+            "be",
+            "backend go-demo-be\n{{- range $i, $e := service \"go-demo\" \"any\" }}\n\tserver {{$e.Node}}_{{$i}}_{{$e.Port}} {{$e.Address}}:{{$e.Port}} check\n{{- end }}",
+        )
+        .unwrap();
+        let (result, _) = render_loaded(&Loaded::Split { fe, be }, &source, &[80]);
+        let snippets = result.unwrap();
+        assert_eq!(snippets.frontend, "\tacl url_go-demo path_beg /demo\n");
+        assert_eq!(
+            snippets.sections,
+            "backend go-demo-be\n\tserver n1_0_8080 10.0.0.1:8080 check"
+        );
+        assert!(source.misses.into_inner().is_empty());
+    }
+
     #[tokio::test]
     async fn a_template_that_does_not_parse_names_its_line() {
         let (root, _o) = root();
