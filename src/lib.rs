@@ -24,6 +24,7 @@ pub mod ctmpl;
 pub mod domain;
 pub mod haproxy;
 pub mod intent_store;
+pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod registry;
