@@ -18,7 +18,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use flow_proxy::consul::{ConsulClient, ConsulConfig, ServiceRegistration};
 use flow_proxy::domain::ServiceIntent;
-use flow_proxy::haproxy::MasterCli;
+use flow_proxy::haproxy::{MasterCli, process};
 use flow_proxy::intent_store::IntentStore;
 use flow_proxy::registry::{self, RegistryConfig, RunningRegistry};
 use flow_proxy::settings::{Cli, Command};
@@ -120,7 +120,23 @@ struct Env {
     http_port: u16,
     data_dir: tempfile::TempDir,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), flow_proxy::server::ServerError>>,
+    task: Option<tokio::task::JoinHandle<Result<(), flow_proxy::server::ServerError>>>,
+}
+
+impl Drop for Env {
+    /// A run that failed before [`Env::stop`] must not leave its HAProxy behind.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if self.task.is_some() {
+            let pid_file = self.data_dir.path().join("haproxy.pid");
+            if let Some(pid) = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            {
+                let _ = process::send_signal(pid, process::Signal::Term);
+            }
+        }
+    }
 }
 
 impl Env {
@@ -164,7 +180,7 @@ impl Env {
             http_port,
             data_dir,
             shutdown,
-            task,
+            task: Some(task),
         };
         wait_for("flow-proxy is ready", || async {
             env.call("/v1/docker-flow-proxy/ping").await.0 == 200
@@ -242,9 +258,11 @@ impl Env {
         .await
     }
 
-    async fn stop(self) -> Result<()> {
+    async fn stop(mut self) -> Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(90), self.task).await???;
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(90), task).await???;
+        }
         Ok(())
     }
 }
