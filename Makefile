@@ -1,5 +1,5 @@
 # The two commands of the README's Quick start are `make run` and `make test`.
-.PHONY: run test test-deps lint unit build
+.PHONY: run test test-deps lint unit build bench
 
 DATA_DIR ?= $(CURDIR)/.data
 export FLOW_PROXY_PYTHON ?= $(CURDIR)/target/py-venv/bin/python
@@ -29,3 +29,13 @@ unit:
 
 # The whole test suite: installs what it needs, enforces formatting and lints, runs every test.
 test: test-deps lint unit
+
+# The benchmark suite against a real HAProxy on 127.0.0.1; rewrites BENCHMARKS.md from the run.
+# SAMPLES (default 20) is the number of samples per row; SCALE lists the sizes of the scale
+# scenario in services of 10 instances (default 10; the full suite: SCALE="10 1000 2000").
+SAMPLES ?= 20
+SCALE ?= 10
+bench:
+	command -v haproxy >/dev/null || (apt-get update && apt-get install -y haproxy)
+	cargo run --release --bin flow-proxy-bench -- --samples $(SAMPLES) \
+		$(foreach n,$(SCALE),--scale $(n)) --out BENCHMARKS.md

@@ -25,6 +25,7 @@ pub mod custom;
 pub mod domain;
 pub mod haproxy;
 pub mod intent_store;
+pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod registry;

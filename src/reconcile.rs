@@ -34,11 +34,12 @@ use crate::domain::{
 };
 use crate::haproxy::{EnsureOutcome, Supervisor};
 use crate::intent_store::{IntentStore, Intents};
+use crate::metrics::Metrics;
 use crate::plan::{
     Change, PARKED_ADDR, PARKED_PORT, Plan, PlanSettings, RuntimeCommand, ServerAdminState,
     ServerState, SlotTable, diff, plan,
 };
-use crate::render::{CustomSnippets, RenderSettings, render_with_custom};
+use crate::render::{CustomSnippets, RenderSettings, only_slot_lines_differ, render_with_custom};
 
 /// Why an apply did not go live.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +73,8 @@ pub struct ReconcilerOptions {
     pub stop_haproxy_on_exit: bool,
     /// The only directory custom templates are read from (`TEMPLATES_ROOT`).
     pub templates_root: std::path::PathBuf,
+    /// Counters of reloads and runtime updates.
+    pub metrics: Metrics,
 }
 
 impl Default for ReconcilerOptions {
@@ -84,6 +87,7 @@ impl Default for ReconcilerOptions {
             max_wait: Duration::from_secs(2),
             stop_haproxy_on_exit: false,
             templates_root: std::path::PathBuf::from("/consul_templates"),
+            metrics: Metrics::new(),
         }
     }
 }
@@ -114,6 +118,7 @@ enum Request {
 pub struct ReconcilerHandle {
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<Arc<Status>>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Request {
@@ -157,6 +162,11 @@ impl ReconcilerHandle {
     /// The latest status.
     pub fn status(&self) -> Arc<Status> {
         Arc::clone(&self.status.borrow())
+    }
+
+    /// The counters of reloads and runtime updates.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A receiver of status updates.
@@ -238,6 +248,7 @@ impl Reconciler {
             shared_ports(options.render.http_port, options.render.https_port),
             inputs.client.clone(),
         );
+        let metrics = options.metrics.clone();
         let reconciler = Reconciler {
             supervisor,
             options,
@@ -257,6 +268,7 @@ impl Reconciler {
             ReconcilerHandle {
                 requests: req_tx,
                 status: status_rx,
+                metrics,
             },
             task,
         )
@@ -721,7 +733,10 @@ impl Reconciler {
     async fn validates(&mut self, intents: &Intents) -> bool {
         let desired = self.desired(intents);
         match self.render(&desired, intents) {
-            Ok(r) => self.supervisor.validate(&r.text).await.is_ok(),
+            Ok(r) => {
+                self.options.metrics.validated();
+                self.supervisor.validate(&r.text).await.is_ok()
+            }
             Err(_) => false,
         }
     }
@@ -743,10 +758,12 @@ impl Reconciler {
         } else {
             diff(&live.plan, &desired)
         };
+        // Every live text was validated or differs from a validated one only in slot lines.
+        let slots_only = only_slot_lines_differ(&live.text, &text);
         match change {
             Change::None => {
                 if text != live.text {
-                    self.install(&text).await?;
+                    self.install(&text, slots_only).await?;
                 }
             }
             Change::Runtime(commands) => {
@@ -756,7 +773,10 @@ impl Reconciler {
                 );
                 let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 match self.supervisor.runtime_api().execute_checked(&lines).await {
-                    Ok(_) => self.install(&text).await?,
+                    Ok(_) => {
+                        self.options.metrics.runtime_update(lines.len());
+                        self.install(&text, slots_only).await?
+                    }
                     Err(error) => {
                         warn!(error = %chain(&error), "runtime commands failed; reloading instead");
                         self.reload(&desired, &text).await?;
@@ -769,19 +789,25 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn install(&mut self, text: &str) -> Result<(), ApplyError> {
-        self.supervisor
-            .install_config(text)
-            .await
-            .map_err(|e| ApplyError::Failed(chain(&e)))
+    /// Installs `text` without reloading; `haproxy -c` is skipped when only slot lines changed.
+    async fn install(&mut self, text: &str, slots_only: bool) -> Result<(), ApplyError> {
+        let installed = if slots_only {
+            self.options.metrics.validation_skipped();
+            self.supervisor.install_config_unchecked(text).await
+        } else {
+            self.options.metrics.validated();
+            self.supervisor.install_config(text).await
+        };
+        installed.map_err(|e| ApplyError::Failed(chain(&e)))
     }
 
     async fn reload(&mut self, desired: &Plan, text: &str) -> Result<(), ApplyError> {
-        let outcome = self
-            .supervisor
-            .reload(text)
-            .await
-            .map_err(|e| ApplyError::Failed(chain(&e)))?;
+        self.options.metrics.validated();
+        let outcome = self.supervisor.reload(text).await.map_err(|e| {
+            self.options.metrics.reload_failed();
+            ApplyError::Failed(chain(&e))
+        })?;
+        self.options.metrics.reloaded();
         info!(
             duration_ms = outcome.duration.as_millis() as u64,
             old_workers = outcome.old_workers,

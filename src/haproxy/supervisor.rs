@@ -511,6 +511,26 @@ impl Supervisor {
         self.save_last_good(config_text).await
     }
 
+    /// Installs `config_text` as the live and last-known-good file without running
+    /// `haproxy -c`, for a text that differs from the last validated one only in server slot
+    /// lines the caller built from validated values (see
+    /// [`crate::render::only_slot_lines_differ`]); anything else goes through
+    /// [`Supervisor::install_config`].
+    pub async fn install_config_unchecked(
+        &mut self,
+        config_text: &str,
+    ) -> Result<(), SupervisorError> {
+        self.claim_data_dir().await?;
+        process::write_atomic(self.paths.config(), config_text.as_bytes().to_vec())
+            .await
+            .map_err(|source| SupervisorError::Io {
+                what: "cannot install",
+                path: self.paths.config().to_path_buf(),
+                source,
+            })?;
+        self.save_last_good(config_text).await
+    }
+
     /// Validates and applies `config_text` with a confirmed hitless reload. On any
     /// failure the live file is the last-known-good one again and the reason is
     /// returned; a configuration that fails validation never reaches the live file.

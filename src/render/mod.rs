@@ -17,6 +17,10 @@
 //! The one exception to validated input is [`CustomSnippets`]: the text of an operator's own
 //! custom templates (rendered elsewhere), inserted verbatim by [`render_with_custom`].
 
+mod slot_lines;
+
+pub use slot_lines::only_slot_lines_differ;
+
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
