@@ -424,20 +424,7 @@ impl Supervisor {
         if let Some(pid) = self.find_running_master().await {
             return Err(SupervisorError::AlreadyRunning { pid });
         }
-        let tmp = validate::check_to_tempfile(
-            &self.paths,
-            &self.options.haproxy_binary,
-            config_text,
-            self.options.validate_timeout,
-        )
-        .await?;
-        process::persist_temp(tmp, self.paths.config())
-            .await
-            .map_err(|source| SupervisorError::Io {
-                what: "cannot install",
-                path: self.paths.config().to_path_buf(),
-                source,
-            })?;
+        self.check_and_write_config(config_text).await?;
         let pid = self.spawn_master(config_text).await?;
         self.save_last_good(config_text).await?;
         Ok(pid)
@@ -489,11 +476,9 @@ impl Supervisor {
         Ok((self.start(config_text).await?, false))
     }
 
-    /// Validates `config_text` and installs it as the live and last-known-good file
-    /// without reloading: for a configuration that only records what runtime commands
-    /// already applied, so that the next reload (or a restart) agrees with them.
-    pub async fn install_config(&mut self, config_text: &str) -> Result<(), SupervisorError> {
-        self.claim_data_dir().await?;
+    /// Checks `config_text` with `haproxy -c` on a temporary file in the data directory and
+    /// renames it over the live configuration file (no reload).
+    async fn check_and_write_config(&self, config_text: &str) -> Result<(), SupervisorError> {
         let tmp = validate::check_to_tempfile(
             &self.paths,
             &self.options.haproxy_binary,
@@ -507,7 +492,15 @@ impl Supervisor {
                 what: "cannot install",
                 path: self.paths.config().to_path_buf(),
                 source,
-            })?;
+            })
+    }
+
+    /// Validates `config_text` and installs it as the live and last-known-good file
+    /// without reloading: for a configuration that only records what runtime commands
+    /// already applied, so that the next reload (or a restart) agrees with them.
+    pub async fn install_config(&mut self, config_text: &str) -> Result<(), SupervisorError> {
+        self.claim_data_dir().await?;
+        self.check_and_write_config(config_text).await?;
         self.save_last_good(config_text).await
     }
 
