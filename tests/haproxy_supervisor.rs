@@ -13,46 +13,16 @@ use flow_proxy::haproxy::{
     SupervisorError, SupervisorOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 mod support;
-use support::haproxy_available;
+use support::{free_port, haproxy_available};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A tiny HTTP backend answering every request with `body`.
+/// A tiny HTTP backend answering every request with exactly `body`.
 async fn start_backend(body: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 64 * 1024 {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    port
+    support::backend_exact(body.to_owned()).await
 }
 
 /// One `GET /` through HAProxy on a new connection; returns status and body.

@@ -44,7 +44,8 @@ pub fn health_service_request(service: &ServiceName) -> GetRequest {
     GetRequest::new(["v1", "health", "service", service.as_str()])
 }
 
-fn require_ok(resp: &RawResponse, what: &str) -> Result<(), ConsulError> {
+/// Refuses any answer but 200 as undecodable.
+pub(crate) fn require_ok(resp: &RawResponse, what: &str) -> Result<(), ConsulError> {
     if resp.status == 200 {
         Ok(())
     } else {

@@ -15,21 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::ctmpl::{CatalogService, HealthCheck, KvPair as TemplateKvPair, ServiceEntry, Weights};
 
 use super::blocking::{BlockingQuery, WatchHandle, WatchOptions, spawn_watch};
+use super::catalog::require_ok;
 use super::error::ConsulError;
 use super::kv::{KvPair, decode_kv_list, kv_segments};
-use super::transport::{GetRequest, RawResponse};
+use super::transport::GetRequest;
 use super::wire::{CatalogServicesWire, HealthEntryWire};
-
-fn require_ok(resp: &RawResponse, what: &str) -> Result<(), ConsulError> {
-    if resp.status == 200 {
-        Ok(())
-    } else {
-        Err(ConsulError::decode(
-            what,
-            format!("unexpected status {}", resp.status),
-        ))
-    }
-}
 
 fn convert_entry(e: HealthEntryWire) -> ServiceEntry {
     let weights = e.service.weights.map_or(

@@ -291,9 +291,13 @@ where
 
 /// A tiny HTTP backend answering every request with `body` and a newline.
 pub async fn backend(body: &str) -> u16 {
+    backend_exact(format!("{body}\n")).await
+}
+
+/// A tiny HTTP backend answering every request with exactly `body`.
+pub async fn backend_exact(body: String) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let body = format!("{body}\n");
     tokio::spawn(async move {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else {
