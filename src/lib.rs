@@ -32,4 +32,5 @@ pub mod registry;
 pub mod render;
 pub mod server;
 pub mod settings;
+pub mod tag_routes;
 pub mod tls;

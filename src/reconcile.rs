@@ -40,6 +40,7 @@ use crate::plan::{
     ServerState, SlotTable, diff, plan,
 };
 use crate::render::{CustomSnippets, RenderSettings, only_slot_lines_differ, render_with_custom};
+use crate::tag_routes::{TagRouteSettings, TagRoutes};
 
 /// Why an apply did not go live.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +76,8 @@ pub struct ReconcilerOptions {
     pub templates_root: std::path::PathBuf,
     /// Counters of reloads and runtime updates.
     pub metrics: Metrics,
+    /// Routes and weights declared in Consul tags and meta.
+    pub tags: TagRouteSettings,
 }
 
 impl Default for ReconcilerOptions {
@@ -88,6 +91,7 @@ impl Default for ReconcilerOptions {
             stop_haproxy_on_exit: false,
             templates_root: std::path::PathBuf::from("/consul_templates"),
             metrics: Metrics::new(),
+            tags: TagRouteSettings::default(),
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct Status {
     pub plan: Option<Arc<Plan>>,
     /// The reason the last apply failed, if it did.
     pub last_error: Option<String>,
+    /// The live intents that come from Consul tags (not from the API or KV).
+    pub tag_routed: Arc<BTreeSet<ServiceName>>,
 }
 
 enum Request {
@@ -230,6 +236,7 @@ pub struct Reconciler {
     live: Option<Live>,
     generation: u64,
     last_apply: Option<Instant>,
+    tags: TagRoutes,
 }
 
 impl Reconciler {
@@ -249,6 +256,7 @@ impl Reconciler {
             inputs.client.clone(),
         );
         let metrics = options.metrics.clone();
+        let tags = TagRoutes::new(options.tags.clone());
         let reconciler = Reconciler {
             supervisor,
             options,
@@ -262,6 +270,7 @@ impl Reconciler {
             live: None,
             generation: 0,
             last_apply: None,
+            tags,
         };
         let task = tokio::spawn(reconciler.run(shutdown));
         (
@@ -361,7 +370,7 @@ impl Reconciler {
     async fn start(&mut self) -> Result<(), ApplyError> {
         // A custom template that cannot be read or rendered (a missing file, a missing key)
         // must not keep every other service down: it is left out and retried by later applies.
-        let mut intents = self.intents.clone();
+        let mut intents = self.wanted();
         intents.retain(|name, intent| match &intent.templates {
             None => true,
             Some(spec) => match self.custom.snippets(name, spec) {
@@ -422,6 +431,7 @@ impl Reconciler {
             let mut batch = Batch::default();
             // Wait for the first trigger.
             let overlay_expiry = self.overlay.values().map(|o| o.until).min();
+            let tag_expiry = self.tags.next_expiry();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -446,6 +456,7 @@ impl Reconciler {
                 }
                 _ = tick.tick() => batch.tick = true,
                 _ = sleep_until_opt(overlay_expiry) => batch.watcher = true,
+                _ = sleep_until_opt(tag_expiry) => batch.watcher = true,
                 _ = self.custom.kv_changed() => batch.watcher = true,
             }
             // A burst from the watchers right after an apply waits for a quiet window, capped.
@@ -555,7 +566,14 @@ impl Reconciler {
         for (name, o) in &self.overlay {
             snapshot.set_service(name.clone(), o.instances.clone());
         }
-        snapshot
+        self.tags.weighted(snapshot)
+    }
+
+    /// The intents to apply: the API's (from KV) and, when tag routes are on, those declared
+    /// in Consul tags that no API intent covers.
+    fn wanted(&mut self) -> Intents {
+        self.tags
+            .wanted(&self.intents, &self.catalog, Instant::now())
     }
 
     fn desired(&mut self, intents: &Intents) -> Plan {
@@ -611,16 +629,14 @@ impl Reconciler {
         let mut wanted = routed.clone();
         wanted.extend(self.custom.services_read());
         let mut added = BTreeSet::new();
+        let next = self.tags.interest(wanted);
         self.inputs.interest.send_if_modified(|current| {
-            let before = match current {
-                Interest::Services(set) => set.clone(),
-                Interest::All => BTreeSet::new(),
-            };
+            let before = current.named();
             added = routed.difference(&before).cloned().collect();
-            if *current == Interest::Services(wanted.clone()) {
+            if *current == next {
                 false
             } else {
-                *current = Interest::Services(wanted.clone());
+                *current = next;
                 true
             }
         });
@@ -693,8 +709,8 @@ impl Reconciler {
         self.prepare_custom().await;
         let added = self.publish_interest();
         self.read_new_services(added).await;
-        let intents = self.intents.clone();
-        let Err(error) = self.apply_intents(intents, force_reload).await else {
+        let wanted = self.wanted();
+        let Err(error) = self.apply_intents(wanted.clone(), force_reload).await else {
             return Ok(());
         };
         self.set_error(Some(error.to_string()));
@@ -703,12 +719,12 @@ impl Reconciler {
         // the rest keep their live version. Catalog changes apply either way.
         if let Some(live) = &self.live {
             let live_intents = live.intents.clone();
-            let changed = changed_services(&self.intents, &live_intents);
-            let mut candidate = keep_live_versions(&self.intents, &live_intents);
+            let changed = changed_services(&wanted, &live_intents);
+            let mut candidate = keep_live_versions(&wanted, &live_intents);
             let mut held = Vec::new();
             for name in changed {
                 let mut trial = candidate.clone();
-                match self.intents.get(&name) {
+                match wanted.get(&name) {
                     Some(intent) => trial.insert(name.clone(), intent.clone()),
                     None => trial.remove(&name),
                 };
@@ -719,7 +735,7 @@ impl Reconciler {
                 }
             }
             warn!(services = ?held, "these changes cannot go live; keeping their live version");
-            if candidate != self.intents
+            if candidate != wanted
                 && let Err(e) = self.apply_intents(candidate, false).await
             {
                 warn!(error = %e, "the other changes cannot be applied either");
@@ -840,12 +856,20 @@ impl Reconciler {
         custom: BTreeMap<ServiceName, CustomSnippets>,
     ) {
         self.generation += 1;
+        let tag_routed = intents
+            .keys()
+            .filter(|name| {
+                self.tags.from_tags().contains(*name) && !self.intents.contains_key(*name)
+            })
+            .cloned()
+            .collect();
         let status = Status {
             ready: true,
             generation: self.generation,
             intents: Arc::new(intents.clone()),
             plan: Some(Arc::new(desired.clone())),
             last_error: None,
+            tag_routed: Arc::new(tag_routed),
         };
         self.live = Some(Live {
             plan: desired,

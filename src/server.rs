@@ -27,6 +27,7 @@ use crate::render::{LogTarget, RenderSettings, Timeouts};
 use crate::settings::{
     ConsulArgs, REGISTRY_SUBDIR, RegistryArgs, ServerArgs, node_name_or_hostname,
 };
+use crate::tag_routes::TagRouteSettings;
 
 /// Why `server` or `registry` could not run.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +189,11 @@ async fn run_proxy(
         render,
         stop_haproxy_on_exit: args.stop_haproxy_on_exit,
         templates_root: args.templates_root.clone(),
+        tags: TagRouteSettings {
+            enabled: args.tag_routes,
+            prefix: args.tag_prefix.clone(),
+            grace: Duration::from_secs(args.tag_route_grace),
+        },
         ..ReconcilerOptions::default()
     };
     let supervisor = Supervisor::new(

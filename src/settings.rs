@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::tag_intent::TagPrefix;
 use crate::plan::HealthFilter;
 
 /// `flow-proxy`: keeps HAProxy routing to every live instance that Consul knows about.
@@ -176,6 +177,21 @@ pub struct ServerArgs {
     /// next flow-proxy on the same data directory adopts it).
     #[arg(long, env = "STOP_HAPROXY_ON_EXIT", default_value_t = false)]
     pub stop_haproxy_on_exit: bool,
+
+    /// Route services by their Consul tags `<TAG_PREFIX>.path=/x` etc., with no API call (API
+    /// intents for the same service win).
+    #[arg(long, env = "TAG_ROUTES", default_value_t = false)]
+    pub tag_routes: bool,
+
+    /// Prefix of the tags read for routes and weights (`<prefix>.path=...`,
+    /// `<prefix>.weight=N`); the weight meta key is the prefix with `.` and `-` as `_`, then
+    /// `_weight`. Proxies with different prefixes can share one Consul.
+    #[arg(long, env = "TAG_PREFIX", default_value = "flow-proxy", value_parser = parse_tag_prefix)]
+    pub tag_prefix: TagPrefix,
+
+    /// Seconds a route declared by tags is kept after its last instance is gone.
+    #[arg(long, env = "TAG_ROUTE_GRACE", default_value_t = 5)]
+    pub tag_route_grace: u64,
 }
 
 /// The API's default port, DFP's.
@@ -191,6 +207,10 @@ impl ServerArgs {
             )
         })
     }
+}
+
+fn parse_tag_prefix(value: &str) -> Result<TagPrefix, String> {
+    TagPrefix::new(value).map_err(|e| e.to_string())
 }
 
 fn parse_health_filter(value: &str) -> Result<HealthFilter, String> {
@@ -261,6 +281,28 @@ mod tests {
         assert_eq!(args.templates_root, PathBuf::from("/consul_templates"));
         assert_eq!(args.maxconn, 5000);
         assert!(!args.stop_haproxy_on_exit);
+        assert!(!args.tag_routes);
+        assert_eq!(args.tag_prefix.as_str(), "flow-proxy");
+        assert_eq!(args.tag_route_grace, 5);
+    }
+
+    #[test]
+    fn tag_prefix_is_checked() {
+        assert!(Cli::try_parse_from(["flow-proxy", "server", "--tag-prefix", "a b"]).is_err());
+        assert!(Cli::try_parse_from(["flow-proxy", "server", "--tag-prefix", "edge."]).is_err());
+        let cli = Cli::try_parse_from([
+            "flow-proxy",
+            "server",
+            "--tag-routes",
+            "--tag-prefix",
+            "edge",
+        ])
+        .unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("expected server")
+        };
+        assert!(args.tag_routes);
+        assert_eq!(args.tag_prefix.as_str(), "edge");
     }
 
     #[test]

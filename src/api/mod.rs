@@ -268,7 +268,12 @@ async fn reconfigure(params: &Params, state: &ApiState) -> Result<ReconfigureEch
             .map_err(bad)?;
     }
     not_ready(state)?;
-    let previous = state.reconciler.status().intents.get(&intent.name).cloned();
+    // A route declared by tags is not the API's: a failed reconfigure removes the API intent
+    // and the tags apply again.
+    let status = state.reconciler.status();
+    let previous = (!status.tag_routed.contains(&intent.name))
+        .then(|| status.intents.get(&intent.name).cloned())
+        .flatten();
     state.store.put(&intent).await.map_err(|e| {
         ApiError::Unavailable(format!("Could not send data to Consul: {}", chain(&e)))
     })?;
@@ -339,6 +344,9 @@ struct ServiceJson {
     servers: usize,
     #[serde(rename = "Routes")]
     routes: Vec<RouteJson>,
+    /// `api` (reconfigure, kept in Consul KV) or `tags` (declared by the service's tags).
+    #[serde(rename = "Source")]
+    source: &'static str,
 }
 
 #[derive(Serialize)]
@@ -381,6 +389,11 @@ async fn config(params: &Params, state: &ApiState) -> Response {
                             domains: i.domains.iter().map(ToString::to_string).collect(),
                         })
                         .collect(),
+                    source: if status.tag_routed.contains(&i.name) {
+                        "tags"
+                    } else {
+                        "api"
+                    },
                 }
             })
             .collect();

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{CatalogSnapshot, Instance, NodeName, ServiceName};
+use crate::domain::{CatalogSnapshot, Instance, NodeName, ServiceName, Tag};
 
 use super::blocking::{BlockingQuery, WatchEvent, WatchOptions, spawn_watch};
 use super::catalog::{
@@ -39,13 +39,38 @@ pub enum Interest {
     All,
     /// Only these services.
     Services(BTreeSet<ServiceName>),
+    /// These services, and every service with a tag starting with `<prefix>.` in
+    /// `/v1/catalog/services` (routes declared by tags): found through the services feed, so
+    /// the number of long-polls stays the same.
+    Tagged {
+        /// Services tracked whatever their tags.
+        services: BTreeSet<ServiceName>,
+        /// The tag prefix, without its trailing `.`.
+        prefix: String,
+    },
 }
 
 impl Interest {
-    fn includes(&self, name: &ServiceName) -> bool {
+    fn includes(&self, name: &ServiceName, tags: &BTreeSet<Tag>) -> bool {
         match self {
             Interest::All => name.as_str() != "consul",
             Interest::Services(set) => set.contains(name),
+            Interest::Tagged { services, prefix } => {
+                services.contains(name)
+                    || tags.iter().any(|t| {
+                        t.as_str()
+                            .strip_prefix(prefix.as_str())
+                            .is_some_and(|rest| rest.starts_with('.'))
+                    })
+            }
+        }
+    }
+
+    /// The services tracked whatever their tags (none for [`Interest::All`]).
+    pub fn named(&self) -> BTreeSet<ServiceName> {
+        match self {
+            Interest::All => BTreeSet::new(),
+            Interest::Services(set) | Interest::Tagged { services: set, .. } => set.clone(),
         }
     }
 }
@@ -319,9 +344,9 @@ impl Coordinator {
 
     fn interesting(&self) -> BTreeSet<ServiceName> {
         self.services
-            .keys()
-            .filter(|n| self.interest.includes(n))
-            .cloned()
+            .iter()
+            .filter(|(n, tags)| self.interest.includes(n, tags))
+            .map(|(n, _)| n.clone())
             .collect()
     }
 

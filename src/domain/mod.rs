@@ -12,6 +12,7 @@ mod catalog;
 mod health;
 mod intent;
 mod names;
+pub mod tag_intent;
 
 pub use catalog::{CatalogSnapshot, Instance, Weights};
 pub use health::Health;
