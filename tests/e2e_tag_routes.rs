@@ -118,7 +118,12 @@ async fn tags_route_a_service_and_the_route_outlives_its_last_instance_by_the_gr
         proxy.get("localhost", "/web/x").await == (200, "one\n".to_owned())
     })
     .await;
-    let web = config_entry(&proxy, "web").await.expect("web is listed");
+    // The status is published right after HAProxy has the change.
+    wait_until("web is listed", || async {
+        config_entry(&proxy, "web").await.is_some()
+    })
+    .await;
+    let web = config_entry(&proxy, "web").await.unwrap();
     assert_eq!(web["Source"], "tags", "{web}");
     assert_eq!(web["Routes"][0]["Path"], "/web", "{web}");
     assert!(config_entry(&proxy, "bad").await.is_none());
@@ -182,7 +187,10 @@ async fn tags_route_a_service_and_the_route_outlives_its_last_instance_by_the_gr
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(config_entry(&proxy, "web").await.is_none());
+    wait_until("web is no longer listed", || async {
+        config_entry(&proxy, "web").await.is_none()
+    })
+    .await;
     proxy.stop().await;
 }
 
@@ -255,9 +263,11 @@ async fn each_proxy_reads_its_own_prefix_and_the_api_wins_over_tags() {
     assert_eq!(status, 200, "{body}");
     wait_until("the tag route is back", || async {
         main.get("localhost", "/app").await == (200, "app\n".to_owned())
+            && config_entry(&main, "app")
+                .await
+                .is_some_and(|e| e["Source"] == "tags")
     })
     .await;
-    assert_eq!(config_entry(&main, "app").await.unwrap()["Source"], "tags");
     main.stop().await;
     edge.stop().await;
 }

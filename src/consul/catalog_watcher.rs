@@ -674,6 +674,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_tagged_interest_follows_the_services_carrying_the_prefix() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "web-1", "n1", 80).tags(&["flow-proxy.path=/web"]));
+        fake.register(FakeInstance::new("near", "near-1", "n1", 81).tags(&["flow-proxyx.path=/n"]));
+        fake.register(FakeInstance::new("api", "api-1", "n1", 82));
+        fake.register(FakeInstance::new("other", "other-1", "n1", 83));
+        let interest = Interest::Tagged {
+            services: [svc("api")].into_iter().collect(),
+            prefix: "flow-proxy".into(),
+        };
+        assert_eq!(interest.named(), [svc("api")].into_iter().collect());
+        let mut h = start(&fake, interest, opts());
+        let s = h.until(|s| !s.services.is_empty()).await;
+        let names: Vec<&str> = s.services.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["api", "web"]);
+
+        // A service tagged later is followed with no change of interest.
+        settle().await;
+        fake.register(FakeInstance::new("late", "late-1", "n2", 84).tags(&["flow-proxy.weight=2"]));
+        let s = h.until(|s| s.instances(&svc("late")).is_some()).await;
+        let names: Vec<&str> = s.services.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["api", "late", "web"]);
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_check_change_rereads_only_its_service() {
         let fake = FakeConsul::new();
         for (name, node) in [
