@@ -104,6 +104,17 @@ async fn tags_route_a_service_and_the_route_outlives_its_last_instance_by_the_gr
         &[],
     )
     .await;
+    // One that passes validation but that HAProxy refuses (the regex does not compile) is
+    // held back; it blocks nothing else.
+    register(
+        &registry,
+        "regex",
+        "regex-1",
+        bad,
+        &["flow-proxy.path=/rx(", "flow-proxy.pathType=path_reg"],
+        &[],
+    )
+    .await;
     let one = backend("one").await;
     register(
         &registry,
@@ -127,6 +138,7 @@ async fn tags_route_a_service_and_the_route_outlives_its_last_instance_by_the_gr
     assert_eq!(web["Source"], "tags", "{web}");
     assert_eq!(web["Routes"][0]["Path"], "/web", "{web}");
     assert!(config_entry(&proxy, "bad").await.is_none());
+    assert!(config_entry(&proxy, "regex").await.is_none());
     let (status, body) = proxy.get("localhost", "/bad").await;
     assert_eq!(status, 503);
     assert!(body.contains(UNROUTED), "{body}");
