@@ -732,6 +732,12 @@ impl Reconciler {
                     candidate = trial;
                 } else {
                     held.push(name.to_string());
+                    // A tag route HAProxy refuses is not tried again until its tags change.
+                    if let Some(intent) = wanted.get(&name)
+                        && self.tags.from_tags().contains(&name)
+                    {
+                        self.tags.refused(&name, intent);
+                    }
                 }
             }
             warn!(services = ?held, "these changes cannot go live; keeping their live version");

@@ -57,6 +57,8 @@ pub struct TagRoutes {
     logged_rejected: BTreeMap<ServiceName, String>,
     logged_conflicts: BTreeSet<ServiceName>,
     logged_weights: BTreeSet<String>,
+    /// Tag intents HAProxy refused, left out until the service's tags change.
+    refused: BTreeMap<ServiceName, ServiceIntent>,
 }
 
 impl TagRoutes {
@@ -137,14 +139,25 @@ impl TagRoutes {
                 },
             );
         }
+        let remembered = &self.remembered;
+        self.refused
+            .retain(|name, intent| remembered.get(name).is_some_and(|r| &r.intent == intent));
         let tags: BTreeMap<ServiceName, ServiceIntent> = self
             .remembered
             .iter()
+            .filter(|(n, _)| !self.refused.contains_key(*n))
             .map(|(n, r)| (n.clone(), r.intent.clone()))
             .collect();
         let (merged, from_tags) = merge_intents(api, &tags);
         self.from_tags = from_tags;
         merged
+    }
+
+    /// HAProxy refused the configuration with this tag intent: it is left out until the
+    /// service declares something else (or goes and comes back).
+    pub fn refused(&mut self, name: &ServiceName, intent: &ServiceIntent) {
+        warn!(service = %name, "HAProxy refuses the route declared by these tags; it is left out until they change");
+        self.refused.insert(name.clone(), intent.clone());
     }
 
     /// Names the last [`TagRoutes::wanted`] took from tags.
@@ -253,6 +266,33 @@ mod tests {
             on(1).interest(BTreeSet::new()),
             Interest::Tagged { prefix, .. } if prefix == "flow-proxy"
         ));
+    }
+
+    #[test]
+    fn a_refused_route_waits_for_other_tags() {
+        let mut t = on(5);
+        let now = Instant::now();
+        let bad = catalog(&[(
+            "rx",
+            &["flow-proxy.path=/a(", "flow-proxy.pathType=path_reg"],
+        )]);
+        let wanted = t.wanted(&BTreeMap::new(), &bad, now);
+        t.refused(&svc("rx"), &wanted[&svc("rx")]);
+        assert!(t.wanted(&BTreeMap::new(), &bad, now).is_empty());
+        assert!(t.from_tags().is_empty());
+        let fixed = catalog(&[(
+            "rx",
+            &["flow-proxy.path=/a", "flow-proxy.pathType=path_reg"],
+        )]);
+        assert!(
+            t.wanted(&BTreeMap::new(), &fixed, now)
+                .contains_key(&svc("rx"))
+        );
+        // The same bad tags again are tried again: the refusal was forgotten with them.
+        assert!(
+            t.wanted(&BTreeMap::new(), &bad, now)
+                .contains_key(&svc("rx"))
+        );
     }
 
     #[test]

@@ -148,6 +148,9 @@ async fn tags_route_a_service_and_the_route_outlives_its_last_instance_by_the_gr
     // A rolling restart: the last instance goes, a new one comes within the grace period. The
     // route stays all along, so HAProxy is never reloaded for it.
     let pid = proxy.worker_pid().await;
+    let failures = "flow_proxy_haproxy_reload_failures_total";
+    let failed_before = counter(&proxy.call("/metrics").await.1, failures);
+    assert!(failed_before >= 1, "the refused regex was tried once");
     registry.deregister("web-1").await;
     wait_until("the instance is gone from the backend", || async {
         config_entry(&proxy, "web")
@@ -183,6 +186,11 @@ async fn tags_route_a_service_and_the_route_outlives_its_last_instance_by_the_gr
         proxy.worker_pid().await,
         pid,
         "no reload for a rolling restart"
+    );
+    // The refused tag route is not tried again on every catalog change.
+    assert_eq!(
+        counter(&proxy.call("/metrics").await.1, failures),
+        failed_before
     );
 
     // Gone for good: the route is removed once the grace period is over.
