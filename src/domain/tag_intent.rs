@@ -17,7 +17,8 @@
 //!   ignored, as the API ignores unknown query parameters.
 //! - `serviceName` and `serviceColor` cannot be tags (the service's own Consul name is its
 //!   name), nor can custom templates; `weight` is the instance's weight, not a route
-//!   parameter. A key given twice with different values on one instance is refused.
+//!   parameter. A parameter given by several tags of one instance is joined into a comma list
+//!   (values in byte order), as DFP writes lists.
 //! - Instances that disagree: the route-tag set carried by the most instances wins; a tie goes
 //!   to the smallest set in byte order. Weights stay per instance.
 //! - An API intent for the same service wins: a tag intent of Consul service `S` is dropped when
@@ -76,16 +77,6 @@ pub enum TagError {
         tag: String,
         /// The key.
         key: String,
-    },
-    /// One instance gives one key different values.
-    #[error("tag key {key} is given twice with different values ({first:?} and {second:?})")]
-    Duplicate {
-        /// The key as written after the prefix.
-        key: String,
-        /// One value.
-        first: String,
-        /// The other value.
-        second: String,
     },
     /// The parameters are not a valid intent (the API's own message).
     #[error("{0}")]
@@ -190,8 +181,7 @@ fn pairs_to_params(
     pairs: &BTreeSet<(String, String)>,
     prefix: &TagPrefix,
 ) -> Result<BTreeMap<String, String>, TagError> {
-    let mut params = BTreeMap::new();
-    let mut given: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    let mut params: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in pairs {
         let tag = format!("{prefix}.{key}={value}");
         let param = TAG_ALIASES
@@ -204,18 +194,15 @@ fn pairs_to_params(
                 key: param.to_owned(),
             });
         }
-        if let Some((first_key, first)) = given.insert(param, (key, value)) {
-            return Err(TagError::Duplicate {
-                key: if first_key == key {
-                    key.clone()
-                } else {
-                    format!("{first_key}/{key}")
-                },
-                first: first.to_owned(),
-                second: value.clone(),
-            });
-        }
-        params.insert(param.to_owned(), value.clone());
+        // Several tags of one parameter make a comma list, as DFP's lists are written (and as
+        // Registrator's `SERVICE_TAGS`, itself split on commas, needs).
+        params
+            .entry(param.to_owned())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(value);
+            })
+            .or_insert_with(|| value.clone());
     }
     params.insert("serviceName".to_owned(), service.as_str().to_owned());
     Ok(params)
@@ -552,26 +539,42 @@ mod tests {
         }
         let err = intent_of("s", &[inst("a", &["flow-proxy.path"], &[])]).unwrap_err();
         assert_eq!(err, TagError::NoValue("flow-proxy.path".into()));
+        // A parameter given by several tags is a comma list; a single-valued one is then
+        // refused by the API's parser.
+        let i = intent_of(
+            "s",
+            &[inst(
+                "a",
+                &[
+                    "flow-proxy.path=/b",
+                    "flow-proxy.servicePath=/c",
+                    "flow-proxy.path=/a",
+                ],
+                &[],
+            )],
+        )
+        .unwrap()
+        .unwrap();
+        let paths: Vec<&str> = i.paths.iter().map(|p| p.as_str()).collect();
+        assert_eq!(paths, ["/a", "/b", "/c"]);
         let err = intent_of(
             "s",
             &[inst(
                 "a",
-                &["flow-proxy.path=/a", "flow-proxy.path=/b"],
+                &[
+                    "flow-proxy.path=/a",
+                    "flow-proxy.pathType=path",
+                    "flow-proxy.pathType=path_beg",
+                ],
                 &[],
             )],
         )
         .unwrap_err();
-        assert!(matches!(err, TagError::Duplicate { .. }), "{err}");
-        let err = intent_of(
-            "s",
-            &[inst(
-                "a",
-                &["flow-proxy.path=/a", "flow-proxy.servicePath=/b"],
-                &[],
-            )],
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("path/servicePath"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid pathType \"path,path_beg\""),
+            "{err}"
+        );
     }
 
     #[test]
