@@ -221,12 +221,13 @@ async fn each_proxy_reads_its_own_prefix_and_the_api_wins_over_tags() {
     }
     let registry = Registry::start().await;
     let (app, other) = (backend("app").await, backend("other").await);
+    // Two tags of one parameter make a list (Registrator's SERVICE_TAGS cannot hold a comma).
     register(
         &registry,
         "app",
         "app-1",
         app,
-        &["flow-proxy.path=/app"],
+        &["flow-proxy.path=/app", "flow-proxy.path=/also"],
         &[],
     )
     .await;
@@ -251,6 +252,10 @@ async fn each_proxy_reads_its_own_prefix_and_the_api_wins_over_tags() {
             && edge.get("localhost", "/other").await == (200, "other\n".to_owned())
     })
     .await;
+    assert_eq!(
+        main.get("localhost", "/also").await,
+        (200, "app\n".to_owned())
+    );
     // Both services were in the catalog before either proxy started: each one saw both.
     for (proxy, path) in [(&main, "/other"), (&edge, "/app")] {
         let (status, body) = proxy.get("localhost", path).await;
