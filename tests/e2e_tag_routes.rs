@@ -90,7 +90,7 @@ async fn tags_route_a_service_and_the_route_outlives_its_last_instance_by_the_gr
     let mut proxy = Proxy::start_with(
         &registry,
         "docker-flow",
-        &tag_args(&["--tag-routes", "--tag-route-grace", "15"]),
+        &tag_args(&["--tag-routes", "--tag-route-grace", "20"]),
     )
     .await;
     // A service whose tags the API would refuse is left out; the others are routed.
