@@ -15,13 +15,17 @@
 //! - [`settings`]: command line and environment settings.
 //! - [`server`]: wires the pieces together for `flow-proxy server`.
 //! - [`tls`]: the process-wide TLS crypto provider.
+//! - [`client`]: the command-line client of a running instance's control API.
+//! - [`demo_backend`]: a go-demo-like HTTP service for the demo.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access_log;
 pub mod api;
+pub mod client;
 pub mod consul;
 pub mod ctmpl;
 pub mod custom;
+pub mod demo_backend;
 pub mod domain;
 pub mod haproxy;
 pub mod intent_store;

@@ -39,6 +39,13 @@ pub enum Command {
     Server(Box<ServerArgs>),
     /// Runs only the embedded Consul-compatible registry.
     Registry(RegistryArgs),
+    /// Asks a running flow-proxy to route a service (DFP's `reconfigure`); prints the answer.
+    Reconfigure(Box<crate::client::ReconfigureArgs>),
+    /// Asks a running flow-proxy to stop routing a service (DFP's `remove`); prints the answer.
+    Remove(crate::client::RemoveArgs),
+    /// A tiny HTTP service like DFP's go-demo, for the demo (`/demo/hello` → `hello, world!`).
+    #[command(hide = true)]
+    DemoBackend(crate::demo_backend::DemoBackendArgs),
 }
 
 /// How to reach Consul.
@@ -176,6 +183,11 @@ pub struct ServerArgs {
     /// next flow-proxy on the same data directory adopts it).
     #[arg(long, env = "STOP_HAPROXY_ON_EXIT", default_value_t = false)]
     pub stop_haproxy_on_exit: bool,
+
+    /// Port of HAProxy's built-in Prometheus exporter (`/metrics`, on `BIND_ADDRESS`);
+    /// unset or 0: not served.
+    #[arg(long, env = "METRICS_PORT")]
+    pub metrics_port: Option<u16>,
 }
 
 /// The API's default port, DFP's.
