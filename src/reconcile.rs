@@ -508,6 +508,7 @@ impl Reconciler {
                 self.custom.forget(name);
             }
             let result = self.apply(batch.reload).await;
+            self.options.metrics.reconciled(result.is_ok());
             if let Err(error) = &result {
                 warn!(%error, "apply failed; the last-known-good configuration stays live");
             }
@@ -808,6 +809,7 @@ impl Reconciler {
             ApplyError::Failed(chain(&e))
         })?;
         self.options.metrics.reloaded();
+        self.options.metrics.reload_took(outcome.duration);
         info!(
             duration_ms = outcome.duration.as_millis() as u64,
             old_workers = outcome.old_workers,
@@ -840,6 +842,12 @@ impl Reconciler {
         custom: BTreeMap<ServiceName, CustomSnippets>,
     ) {
         self.generation += 1;
+        let instances = desired
+            .backends
+            .values()
+            .map(|b| b.slots.iter().filter(|s| s.server.is_some()).count())
+            .sum();
+        self.options.metrics.went_live(intents.len(), instances);
         let status = Status {
             ready: true,
             generation: self.generation,

@@ -149,6 +149,8 @@ async fn run_proxy(
     shutdown: &CancellationToken,
 ) -> Result<(), ServerError> {
     let client = ConsulClient::new(&consul_config)?;
+    let metrics = crate::metrics::Metrics::new();
+    client.set_observer(std::sync::Arc::new(metrics.clone()));
     info!(consul = %client.current_address(), "using Consul");
     let store = IntentStore::new(client.clone(), &args.proxy_instance_name)?;
     let paths = HaproxyPaths::new(&args.data_dir)?;
@@ -179,6 +181,11 @@ async fn run_proxy(
         // HTTPS_PORT is bound once certificates exist; plain HTTP never listens there.
         https_port: None,
         health: None,
+        // METRICS_PORT: HAProxy's own Prometheus exporter; 0 or unset is off.
+        metrics: args
+            .metrics_port
+            .filter(|port| *port != 0)
+            .map(|port| SocketAddr::new(args.bind_address, port)),
     };
     let options = ReconcilerOptions {
         plan: PlanSettings {
@@ -188,6 +195,7 @@ async fn run_proxy(
         render,
         stop_haproxy_on_exit: args.stop_haproxy_on_exit,
         templates_root: args.templates_root.clone(),
+        metrics,
         ..ReconcilerOptions::default()
     };
     let supervisor = Supervisor::new(
