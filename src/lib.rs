@@ -9,6 +9,7 @@
 //! - [`consul`]: the Consul HTTP client, blocking-query watchers and catalog change detection.
 //! - [`registry`]: the embedded single-node Consul-compatible registry.
 //! - [`intent_store`]: service intents in Consul KV (DFP's layout), written atomically, watched.
+//! - [`change_log`]: what an apply changes, in words for the log (pure).
 //! - [`reconcile`]: the one task that drives HAProxy towards intents × catalog.
 //! - [`api`]: the Docker Flow: Proxy-compatible control API.
 //! - [`access_log`]: HAProxy's access log forwarded into flow-proxy's log.
@@ -21,6 +22,7 @@
 
 pub mod access_log;
 pub mod api;
+pub mod change_log;
 pub mod client;
 pub mod consul;
 pub mod ctmpl;

@@ -753,11 +753,18 @@ impl Reconciler {
         let Some(live) = &self.live else {
             return Err(ApplyError::NotReady);
         };
+        // What changed, for the log of the reload or runtime update below.
+        let summary = crate::change_log::summarize(&live.intents, &live.plan, &intents, &desired);
         // The plan does not hold the text of custom templates: a change there is structural.
-        let change = if force_reload || custom != live.custom {
-            Change::Reload
+        let (change, why) = if force_reload {
+            (Change::Reload, "reload requested")
+        } else if custom != live.custom {
+            (Change::Reload, "custom template output changed")
         } else {
-            diff(&live.plan, &desired)
+            (
+                diff(&live.plan, &desired),
+                "configuration structure changed",
+            )
         };
         // Every live text was validated or differs from a validated one only in slot lines.
         let slots_only = only_slot_lines_differ(&live.text, &text);
@@ -768,11 +775,13 @@ impl Reconciler {
                 }
             }
             Change::Runtime(commands) => {
+                let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 info!(
-                    commands = commands.len(),
+                    services = ?summary.services(),
+                    changes = %summary,
+                    commands = ?lines,
                     "applying instance changes through the runtime API"
                 );
-                let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 match self.supervisor.runtime_api().execute_checked(&lines).await {
                     Ok(_) => {
                         self.options.metrics.runtime_update(lines.len());
@@ -780,11 +789,12 @@ impl Reconciler {
                     }
                     Err(error) => {
                         warn!(error = %chain(&error), "runtime commands failed; reloading instead");
-                        self.reload(&desired, &text).await?;
+                        self.reload(&desired, &text, "runtime commands failed", &summary)
+                            .await?;
                     }
                 }
             }
-            Change::Reload => self.reload(&desired, &text).await?,
+            Change::Reload => self.reload(&desired, &text, why, &summary).await?,
         }
         self.went_live(desired, text, intents, custom);
         Ok(())
@@ -802,15 +812,32 @@ impl Reconciler {
         installed.map_err(|e| ApplyError::Failed(chain(&e)))
     }
 
-    async fn reload(&mut self, desired: &Plan, text: &str) -> Result<(), ApplyError> {
+    /// Reloads HAProxy with `text`; `why` and `summary` say why, for the log.
+    async fn reload(
+        &mut self,
+        desired: &Plan,
+        text: &str,
+        why: &str,
+        summary: &crate::change_log::ChangeSummary,
+    ) -> Result<(), ApplyError> {
         self.options.metrics.validated();
         let outcome = self.supervisor.reload(text).await.map_err(|e| {
             self.options.metrics.reload_failed();
+            warn!(
+                reason = why,
+                services = ?summary.services(),
+                changes = %summary,
+                error = %chain(&e),
+                "HAProxy reload failed"
+            );
             ApplyError::Failed(chain(&e))
         })?;
         self.options.metrics.reloaded();
         self.options.metrics.reload_took(outcome.duration);
         info!(
+            reason = why,
+            services = ?summary.services(),
+            changes = %summary,
             duration_ms = outcome.duration.as_millis() as u64,
             old_workers = outcome.old_workers,
             "HAProxy reloaded"
