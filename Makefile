@@ -23,6 +23,9 @@ test-deps:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	$(dir $(FLOW_PROXY_PYTHON))hadolint Dockerfile
+	docker-compose -f deploy/compose.yaml config -q
+	bash -n scripts/demo.sh
 
 unit:
 	cargo nextest run --profile ci

@@ -1,5 +1,6 @@
-//! The command-line client: `flow-proxy reconfigure` and `flow-proxy remove` call the control
-//! API of a running flow-proxy (or of a Docker Flow: Proxy) and print its JSON answer.
+//! The command-line client: `flow-proxy reconfigure`, `flow-proxy remove` and `flow-proxy ping`
+//! call the control API of a running flow-proxy (or of a Docker Flow: Proxy) and print its JSON
+//! answer; `ping` is the container image's health check.
 //!
 //! Owns: the client's flags, how they map to DFP's query parameters, the request (with
 //! `API_TOKEN` sent as a bearer token) and how the answer becomes an exit status.
@@ -90,6 +91,13 @@ pub struct RemoveArgs {
     /// Any other query parameter, as `name=value`; repeatable.
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
+}
+
+/// `flow-proxy ping`: succeeds once the instance serves its recovered configuration.
+#[derive(Debug, Clone, Args)]
+pub struct PingArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 fn parse_param(raw: &str) -> Result<(String, String), String> {
@@ -201,6 +209,7 @@ pub fn endpoint_url(
 }
 
 /// Calls `endpoint` on the API `target` names and returns the answer, whatever its status.
+/// Changes are sent with PUT, `ping` with GET (DFP accepts any method).
 pub async fn call(
     target: &TargetArgs,
     endpoint: &str,
@@ -213,7 +222,11 @@ pub async fn call(
         .timeout(Duration::from_secs(target.timeout.max(1)))
         .build()
         .map_err(ClientError::Build)?;
-    let mut request = client.put(url.clone());
+    let mut request = if endpoint == "ping" {
+        client.get(url.clone())
+    } else {
+        client.put(url.clone())
+    };
     if let Some(token) = target.api_token.as_deref().filter(|t| !t.is_empty()) {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| ClientError::Token)?;

@@ -34,6 +34,9 @@ fn main() -> anyhow::Result<ExitCode> {
                 let query = client::remove_query(&args);
                 return Ok(report(client::call(&args.target, "remove", &query).await));
             }
+            Command::Ping(args) => {
+                return Ok(report(client::call(&args.target, "ping", &[]).await));
+            }
             Command::DemoBackend(args) => flow_proxy::demo_backend::run(args, shutdown).await?,
         }
         Ok(ExitCode::SUCCESS)

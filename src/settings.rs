@@ -43,6 +43,8 @@ pub enum Command {
     Reconfigure(Box<crate::client::ReconfigureArgs>),
     /// Asks a running flow-proxy to stop routing a service (DFP's `remove`); prints the answer.
     Remove(crate::client::RemoveArgs),
+    /// Asks a running flow-proxy whether it is ready (DFP's `ping`); exits non-zero otherwise.
+    Ping(crate::client::PingArgs),
     /// A tiny HTTP service like DFP's go-demo, for the demo (`/demo/hello` → `hello, world!`).
     #[command(hide = true)]
     DemoBackend(crate::demo_backend::DemoBackendArgs),

@@ -1,4 +1,4 @@
-//! `flow-proxy reconfigure` and `flow-proxy remove` as an operator runs them against a running
+//! `flow-proxy reconfigure`, `flow-proxy remove` and `flow-proxy ping` as an operator runs them against a running
 //! instance: the JSON answer on stdout, the exit status, the reason of a failure on stderr, and
 //! `API_TOKEN` sent as a bearer token.
 
@@ -37,6 +37,12 @@ async fn reconfigure_and_remove_drive_a_running_instance() {
     let port = backend("from the app").await;
     registry.register("go-demo", 1, port).await;
     let api = proxy.api.to_string();
+
+    // The image's health check.
+    let out = cli(&["ping", "--api-address", &api], &[]).await;
+    assert!(out.status.success(), "{out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(answer["Status"], "OK", "{answer}");
 
     let out = cli(
         &[
