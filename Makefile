@@ -1,5 +1,5 @@
 # The two commands of the README's Quick start are `make run` and `make test`.
-.PHONY: run test test-deps lint unit build bench
+.PHONY: run test test-deps lint unit build bench demo
 
 DATA_DIR ?= $(CURDIR)/.data
 export FLOW_PROXY_PYTHON ?= $(CURDIR)/target/py-venv/bin/python
@@ -16,6 +16,12 @@ run:
 
 build:
 	cargo build --all-targets
+
+# Docker Flow: Proxy's README story without Docker (scripts/demo.sh): flow-proxy on its
+# embedded registry and three demo instances; reconfigure, use, scale, failover, remove.
+demo:
+	cargo build --bin flow-proxy
+	FLOW_PROXY_BIN=$(CURDIR)/target/debug/flow-proxy ./scripts/demo.sh
 
 test-deps:
 	./scripts/install-test-deps.sh
