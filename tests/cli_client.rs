@@ -216,3 +216,34 @@ async fn api_token_is_sent_as_a_bearer_token_and_a_refusal_fails() {
         "{request}"
     );
 }
+
+#[tokio::test]
+async fn help_lists_the_client_commands_and_the_metrics_port() {
+    let out = cli(&["--help"], &[]).await;
+    assert!(out.status.success(), "{out:?}");
+    let help = text(&out.stdout);
+    for command in ["reconfigure", "remove", "ping"] {
+        assert!(help.contains(command), "{command} missing from:\n{help}");
+    }
+    assert!(!help.contains("demo-backend"), "{help}");
+    let out = cli(&["reconfigure", "--help"], &[]).await;
+    let help = text(&out.stdout);
+    for flag in [
+        "--api-address",
+        "API_TOKEN",
+        "--service-name",
+        "--service-path",
+        "--service-domain",
+        "--service-color",
+        "--path-type",
+        "--skip-check",
+        "--consul-template-path",
+        "--consul-template-fe-path",
+        "--consul-template-be-path",
+        "--param",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    let out = cli(&["server", "--help"], &[]).await;
+    assert!(text(&out.stdout).contains("METRICS_PORT"), "{out:?}");
+}
