@@ -34,6 +34,26 @@ impl ChangeSummary {
             && self.instances.is_empty()
     }
 
+    /// Counts the services whose custom template output differs between `live` and `next`
+    /// as reconfigured (their intent may be unchanged: the data they read moved).
+    pub fn templates_changed<T: PartialEq>(
+        &mut self,
+        live: &BTreeMap<ServiceName, T>,
+        next: &BTreeMap<ServiceName, T>,
+    ) {
+        let names: BTreeSet<&ServiceName> = live.keys().chain(next.keys()).collect();
+        for name in names {
+            let name_text = name.to_string();
+            let known = self.added.contains(&name_text)
+                || self.removed.contains(&name_text)
+                || self.reconfigured.contains(&name_text);
+            if !known && live.get(name) != next.get(name) {
+                self.reconfigured.push(name_text);
+            }
+        }
+        self.reconfigured.sort();
+    }
+
     /// The services concerned, sorted, without repeats.
     pub fn services(&self) -> Vec<String> {
         let all: BTreeSet<&String> = self
@@ -202,6 +222,19 @@ mod tests {
             "added new; removed old; reconfigured app; app instances +10.0.0.1:4001 +10.0.0.1:4002 -10.0.0.1:4000"
         );
         assert_eq!(s.services(), ["app", "new", "old"]);
+    }
+
+    #[test]
+    fn changed_template_output_counts_as_reconfigured() {
+        let mut s = ChangeSummary {
+            added: vec!["new".into()],
+            ..ChangeSummary::default()
+        };
+        let live: BTreeMap<_, _> = [(svc("a"), "x"), (svc("b"), "y")].into();
+        let next: BTreeMap<_, _> = [(svc("a"), "x2"), (svc("b"), "y"), (svc("new"), "z")].into();
+        s.templates_changed(&live, &next);
+        assert_eq!(s.reconfigured, ["a"]);
+        assert_eq!(s.to_string(), "added new; reconfigured a");
     }
 
     #[test]

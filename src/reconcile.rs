@@ -754,7 +754,9 @@ impl Reconciler {
             return Err(ApplyError::NotReady);
         };
         // What changed, for the log of the reload or runtime update below.
-        let summary = crate::change_log::summarize(&live.intents, &live.plan, &intents, &desired);
+        let mut summary =
+            crate::change_log::summarize(&live.intents, &live.plan, &intents, &desired);
+        summary.templates_changed(&live.custom, &custom);
         // The plan does not hold the text of custom templates: a change there is structural.
         let (change, why) = if force_reload {
             (Change::Reload, "reload requested")
