@@ -1,5 +1,5 @@
 # The two commands of the README's Quick start are `make run` and `make test`.
-.PHONY: run test test-deps lint unit build bench
+.PHONY: run test test-deps lint unit build bench demo
 
 DATA_DIR ?= $(CURDIR)/.data
 export FLOW_PROXY_PYTHON ?= $(CURDIR)/target/py-venv/bin/python
@@ -17,12 +17,21 @@ run:
 build:
 	cargo build --all-targets
 
+# Docker Flow: Proxy's README story without Docker (scripts/demo.sh): flow-proxy on its
+# embedded registry and three demo instances; reconfigure, use, scale, failover, remove.
+demo:
+	cargo build --bin flow-proxy
+	FLOW_PROXY_BIN=$(CURDIR)/target/debug/flow-proxy ./scripts/demo.sh
+
 test-deps:
 	./scripts/install-test-deps.sh
 
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	$(dir $(FLOW_PROXY_PYTHON))hadolint Dockerfile
+	docker-compose -f deploy/compose.yaml config -q
+	bash -n scripts/demo.sh
 
 unit:
 	cargo nextest run --profile ci

@@ -9,19 +9,25 @@
 //! - [`consul`]: the Consul HTTP client, blocking-query watchers and catalog change detection.
 //! - [`registry`]: the embedded single-node Consul-compatible registry.
 //! - [`intent_store`]: service intents in Consul KV (DFP's layout), written atomically, watched.
+//! - [`change_log`]: what an apply changes, in words for the log (pure).
 //! - [`reconcile`]: the one task that drives HAProxy towards intents × catalog.
 //! - [`api`]: the Docker Flow: Proxy-compatible control API.
 //! - [`access_log`]: HAProxy's access log forwarded into flow-proxy's log.
 //! - [`settings`]: command line and environment settings.
 //! - [`server`]: wires the pieces together for `flow-proxy server`.
 //! - [`tls`]: the process-wide TLS crypto provider.
+//! - [`client`]: the command-line client of a running instance's control API.
+//! - [`demo_backend`]: a go-demo-like HTTP service for the demo.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access_log;
 pub mod api;
+pub mod change_log;
+pub mod client;
 pub mod consul;
 pub mod ctmpl;
 pub mod custom;
+pub mod demo_backend;
 pub mod domain;
 pub mod haproxy;
 pub mod intent_store;

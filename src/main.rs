@@ -1,13 +1,16 @@
 //! The `flow-proxy` binary: parses settings, sets up logging and signals, and hands over to
 //! the library. Holds no logic of its own.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
+use flow_proxy::client;
 use flow_proxy::settings::{Cli, Command, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     flow_proxy::tls::install_crypto_provider();
@@ -21,9 +24,45 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => flow_proxy::server::run_server(*args, shutdown).await?,
             Command::Registry(args) => flow_proxy::server::run_registry(args, shutdown).await?,
+            Command::Reconfigure(args) => {
+                let query = client::reconfigure_query(&args);
+                return Ok(report(
+                    client::call(&args.target, "reconfigure", &query).await,
+                ));
+            }
+            Command::Remove(args) => {
+                let query = client::remove_query(&args);
+                return Ok(report(client::call(&args.target, "remove", &query).await));
+            }
+            Command::Ping(args) => {
+                return Ok(report(client::call(&args.target, "ping", &[]).await));
+            }
+            Command::DemoBackend(args) => flow_proxy::demo_backend::run(args, shutdown).await?,
         }
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Prints a client call's answer on stdout (the reason of a failure on stderr) and turns it
+/// into the exit status: success only for a 2xx answer.
+fn report(result: Result<client::Answer, client::ClientError>) -> ExitCode {
+    match result {
+        Ok(answer) => {
+            if !answer.body.is_empty() {
+                println!("{}", answer.body.trim_end());
+            }
+            if answer.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("flow-proxy: {} answered HTTP {}", answer.url, answer.status);
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("flow-proxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {

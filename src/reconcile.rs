@@ -519,6 +519,7 @@ impl Reconciler {
                 self.custom.forget(name);
             }
             let result = self.apply(batch.reload).await;
+            self.options.metrics.reconciled(result.is_ok());
             if let Err(error) = &result {
                 warn!(%error, "apply failed; the last-known-good configuration stays live");
             }
@@ -774,11 +775,20 @@ impl Reconciler {
         let Some(live) = &self.live else {
             return Err(ApplyError::NotReady);
         };
+        // What changed, for the log of the reload or runtime update below.
+        let mut summary =
+            crate::change_log::summarize(&live.intents, &live.plan, &intents, &desired);
+        summary.templates_changed(&live.custom, &custom);
         // The plan does not hold the text of custom templates: a change there is structural.
-        let change = if force_reload || custom != live.custom {
-            Change::Reload
+        let (change, why) = if force_reload {
+            (Change::Reload, "reload requested")
+        } else if custom != live.custom {
+            (Change::Reload, "custom template output changed")
         } else {
-            diff(&live.plan, &desired)
+            (
+                diff(&live.plan, &desired),
+                "configuration structure changed",
+            )
         };
         // Every live text was validated or differs from a validated one only in slot lines.
         let slots_only = only_slot_lines_differ(&live.text, &text);
@@ -789,11 +799,13 @@ impl Reconciler {
                 }
             }
             Change::Runtime(commands) => {
+                let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 info!(
-                    commands = commands.len(),
+                    services = ?summary.services(),
+                    changes = %summary,
+                    commands = ?lines,
                     "applying instance changes through the runtime API"
                 );
-                let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 match self.supervisor.runtime_api().execute_checked(&lines).await {
                     Ok(_) => {
                         self.options.metrics.runtime_update(lines.len());
@@ -801,11 +813,12 @@ impl Reconciler {
                     }
                     Err(error) => {
                         warn!(error = %chain(&error), "runtime commands failed; reloading instead");
-                        self.reload(&desired, &text).await?;
+                        self.reload(&desired, &text, "runtime commands failed", &summary)
+                            .await?;
                     }
                 }
             }
-            Change::Reload => self.reload(&desired, &text).await?,
+            Change::Reload => self.reload(&desired, &text, why, &summary).await?,
         }
         self.went_live(desired, text, intents, custom);
         Ok(())
@@ -823,14 +836,32 @@ impl Reconciler {
         installed.map_err(|e| ApplyError::Failed(chain(&e)))
     }
 
-    async fn reload(&mut self, desired: &Plan, text: &str) -> Result<(), ApplyError> {
+    /// Reloads HAProxy with `text`; `why` and `summary` say why, for the log.
+    async fn reload(
+        &mut self,
+        desired: &Plan,
+        text: &str,
+        why: &str,
+        summary: &crate::change_log::ChangeSummary,
+    ) -> Result<(), ApplyError> {
         self.options.metrics.validated();
         let outcome = self.supervisor.reload(text).await.map_err(|e| {
             self.options.metrics.reload_failed();
+            warn!(
+                reason = why,
+                services = ?summary.services(),
+                changes = %summary,
+                error = %chain(&e),
+                "HAProxy reload failed"
+            );
             ApplyError::Failed(chain(&e))
         })?;
         self.options.metrics.reloaded();
+        self.options.metrics.reload_took(outcome.duration);
         info!(
+            reason = why,
+            services = ?summary.services(),
+            changes = %summary,
             duration_ms = outcome.duration.as_millis() as u64,
             old_workers = outcome.old_workers,
             "HAProxy reloaded"
@@ -869,6 +900,12 @@ impl Reconciler {
             })
             .cloned()
             .collect();
+        let instances = desired
+            .backends
+            .values()
+            .map(|b| b.slots.iter().filter(|s| s.server.is_some()).count())
+            .sum();
+        self.options.metrics.went_live(intents.len(), instances);
         let status = Status {
             ready: true,
             generation: self.generation,

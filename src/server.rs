@@ -150,6 +150,8 @@ async fn run_proxy(
     shutdown: &CancellationToken,
 ) -> Result<(), ServerError> {
     let client = ConsulClient::new(&consul_config)?;
+    let metrics = crate::metrics::Metrics::new();
+    client.set_observer(std::sync::Arc::new(metrics.clone()));
     info!(consul = %client.current_address(), "using Consul");
     let store = IntentStore::new(client.clone(), &args.proxy_instance_name)?;
     let paths = HaproxyPaths::new(&args.data_dir)?;
@@ -180,6 +182,11 @@ async fn run_proxy(
         // HTTPS_PORT is bound once certificates exist; plain HTTP never listens there.
         https_port: None,
         health: None,
+        // METRICS_PORT: HAProxy's own Prometheus exporter; 0 or unset is off.
+        metrics: args
+            .metrics_port
+            .filter(|port| *port != 0)
+            .map(|port| SocketAddr::new(args.bind_address, port)),
     };
     let options = ReconcilerOptions {
         plan: PlanSettings {
@@ -194,6 +201,7 @@ async fn run_proxy(
             prefix: args.tag_prefix.clone(),
             grace: Duration::from_secs(args.tag_route_grace),
         },
+        metrics,
         ..ReconcilerOptions::default()
     };
     let supervisor = Supervisor::new(

@@ -40,6 +40,15 @@ pub enum Command {
     Server(Box<ServerArgs>),
     /// Runs only the embedded Consul-compatible registry.
     Registry(RegistryArgs),
+    /// Asks a running flow-proxy to route a service (DFP's `reconfigure`); prints the answer.
+    Reconfigure(Box<crate::client::ReconfigureArgs>),
+    /// Asks a running flow-proxy to stop routing a service (DFP's `remove`); prints the answer.
+    Remove(crate::client::RemoveArgs),
+    /// Asks a running flow-proxy whether it is ready (DFP's `ping`); exits non-zero otherwise.
+    Ping(crate::client::PingArgs),
+    /// A tiny HTTP service like DFP's go-demo, for the demo (`/demo/hello` → `hello, world!`).
+    #[command(hide = true)]
+    DemoBackend(crate::demo_backend::DemoBackendArgs),
 }
 
 /// How to reach Consul.
@@ -192,6 +201,10 @@ pub struct ServerArgs {
     /// Seconds a route declared by tags is kept after its last instance is gone.
     #[arg(long, env = "TAG_ROUTE_GRACE", default_value_t = 5)]
     pub tag_route_grace: u64,
+    /// Port of HAProxy's built-in Prometheus exporter (`/metrics`, on `BIND_ADDRESS`);
+    /// unset or 0: not served.
+    #[arg(long, env = "METRICS_PORT")]
+    pub metrics_port: Option<u16>,
 }
 
 /// The API's default port, DFP's.

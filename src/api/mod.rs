@@ -1,7 +1,7 @@
 //! The control API, compatible with Docker Flow: Proxy 1.0.3.
 //!
 //! Owns: the routes (`/v1/docker-flow-proxy/{reconfigure,remove,reload,ping,config}`,
-//! `/v1/test`, `/v2/test`, `/metrics`; any HTTP method; unknown paths 404 with an empty body), query
+//! `/v1/test`, `/v2/test`, `/metrics` and its alias `/v1/docker-flow-proxy/metrics`; any HTTP method; unknown paths 404 with an empty body), query
 //! parsing (first value of each parameter, as DFP), the response bodies (DFP's 1.0.3 fields in
 //! their order) and the single mapping of errors to status codes ([`ApiError`]).
 //!
@@ -226,7 +226,10 @@ pub fn routes(
         .and(warp::path("test"))
         .and(warp::path::end())
         .map(|| ok(&Params::new()));
+    // DFP's `/v1/docker-flow-proxy/metrics` is an alias.
     let metrics = warp::path("metrics")
+        .or(dfp.and(warp::path("metrics")))
+        .unify()
         .and(warp::path::end())
         .and(with_state.clone())
         .map(|state: Arc<ApiState>| crate::metrics::reply(state.reconciler.metrics()));

@@ -24,6 +24,13 @@ const INDEX_HEADER: &str = "X-Consul-Index";
 /// Longest error body kept in [`ConsulError::Status`].
 const MAX_ERROR_BODY: usize = 512;
 
+/// Told about every request the client finishes (metrics): `kind` is `read` or `write`,
+/// `blocking` whether it was a blocking query, `ok` whether it got an answer.
+pub trait RequestObserver: Send + Sync {
+    /// One finished request.
+    fn observe(&self, kind: &'static str, blocking: bool, elapsed: Duration, ok: bool);
+}
+
 /// A Consul HTTP client. Cheap to clone: clones share connections and the remembered address.
 #[derive(Clone)]
 pub struct ConsulClient {
@@ -39,6 +46,7 @@ struct Inner {
     stale: bool,
     request_timeout: Duration,
     blocking_margin: Duration,
+    observer: std::sync::OnceLock<Arc<dyn RequestObserver>>,
 }
 
 impl std::fmt::Debug for ConsulClient {
@@ -115,8 +123,28 @@ impl ConsulClient {
                 stale: config.stale,
                 request_timeout: config.request_timeout,
                 blocking_margin: config.blocking_margin,
+                observer: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Sets the observer told about every request of this client and its clones (only the
+    /// first call counts).
+    pub fn set_observer(&self, observer: Arc<dyn RequestObserver>) {
+        let _ = self.inner.observer.set(observer);
+    }
+
+    fn observed<T>(
+        &self,
+        kind: &'static str,
+        blocking: bool,
+        started: std::time::Instant,
+        result: Result<T, ConsulError>,
+    ) -> Result<T, ConsulError> {
+        if let Some(observer) = self.inner.observer.get() {
+            observer.observe(kind, blocking, started.elapsed(), result.is_ok());
+        }
+        result
     }
 
     /// The base URL currently preferred.
@@ -245,6 +273,13 @@ impl ConsulClient {
 
     /// Performs a GET; 2xx and 404 are answers, other statuses errors.
     pub async fn get_raw(&self, request: GetRequest) -> Result<RawResponse, ConsulError> {
+        let started = std::time::Instant::now();
+        let blocking = request.blocking.is_some_and(|b| b.index > 0);
+        let result = self.get_unobserved(request).await;
+        self.observed("read", blocking, started, result)
+    }
+
+    async fn get_unobserved(&self, request: GetRequest) -> Result<RawResponse, ConsulError> {
         let resp = self
             .send(
                 Method::GET,
@@ -276,6 +311,21 @@ impl ConsulClient {
     /// Performs a write (PUT/DELETE) and returns status and body; non-2xx statuses other than
     /// those in `accept` are errors.
     pub(crate) async fn write_raw(
+        &self,
+        method: Method,
+        segments: &[String],
+        query: &[(String, String)],
+        body: Option<Vec<u8>>,
+        accept: &[u16],
+    ) -> Result<(u16, Bytes), ConsulError> {
+        let started = std::time::Instant::now();
+        let result = self
+            .write_unobserved(method, segments, query, body, accept)
+            .await;
+        self.observed("write", false, started, result)
+    }
+
+    async fn write_unobserved(
         &self,
         method: Method,
         segments: &[String],

@@ -40,7 +40,7 @@ pub use catalog::{
     health_service_request, nodes_request, read_service, services_request,
 };
 pub use catalog_watcher::{CatalogWatcher, CatalogWatcherOptions, Interest};
-pub use client::ConsulClient;
+pub use client::{ConsulClient, RequestObserver};
 pub use config::{ConfigError, ConsulAddress, ConsulConfig, Scheme};
 pub use convert::{CheckState, ServiceTags};
 pub use error::{ConsulError, TxnOpError};

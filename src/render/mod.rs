@@ -126,6 +126,8 @@ pub struct RenderSettings {
     pub https_port: Option<u16>,
     /// A small listener answering 200, for health probes.
     pub health: Option<SocketAddr>,
+    /// Where HAProxy's built-in Prometheus exporter answers `/metrics` (`METRICS_PORT`).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for RenderSettings {
@@ -140,6 +142,7 @@ impl Default for RenderSettings {
             http_port: 80,
             https_port: Some(443),
             health: None,
+            metrics: None,
         }
     }
 }
@@ -218,6 +221,7 @@ struct ConfigView<'a> {
     custom_frontends: Vec<&'a str>,
     custom_backends: Vec<&'a str>,
     health: Option<String>,
+    metrics: Option<String>,
 }
 
 /// Configuration text of a service that uses custom templates, already rendered by the caller.
@@ -342,6 +346,7 @@ pub fn render_with_custom(
         custom_frontends,
         custom_backends,
         health: settings.health.map(|h| h.to_string()),
+        metrics: settings.metrics.map(|m| m.to_string()),
     };
     let mut out = view.render()?;
     if !out.ends_with('\n') {
