@@ -19,6 +19,7 @@
 
 pub mod access_log;
 pub mod api;
+pub mod certs;
 pub mod consul;
 pub mod ctmpl;
 pub mod custom;

@@ -127,7 +127,8 @@ pub struct ServerArgs {
     #[arg(long, env = "HTTP_PORT", default_value_t = 80)]
     pub http_port: u16,
 
-    /// HAProxy's HTTPS port. Not bound until certificates are configured.
+    /// HAProxy's HTTPS port, terminating TLS (certificates from `CERTS_DIR` and the API, a
+    /// self-signed default otherwise); 0 leaves it unbound.
     #[arg(long, env = "HTTPS_PORT", default_value_t = 443)]
     pub https_port: u16,
 
@@ -176,6 +177,11 @@ pub struct ServerArgs {
     /// next flow-proxy on the same data directory adopts it).
     #[arg(long, env = "STOP_HAPROXY_ON_EXIT", default_value_t = false)]
     pub stop_haproxy_on_exit: bool,
+
+    /// Directory of PEM bundles (certificate chain and key) served on `HTTPS_PORT`, picked by
+    /// SNI; read at start and every 10 s. A missing directory holds none.
+    #[arg(long, env = "CERTS_DIR", default_value = "/certs")]
+    pub certs_dir: PathBuf,
 }
 
 /// The API's default port, DFP's.
@@ -261,6 +267,7 @@ mod tests {
         assert_eq!(args.templates_root, PathBuf::from("/consul_templates"));
         assert_eq!(args.maxconn, 5000);
         assert!(!args.stop_haproxy_on_exit);
+        assert_eq!(args.certs_dir, PathBuf::from("/certs"));
     }
 
     #[test]

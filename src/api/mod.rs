@@ -1,6 +1,6 @@
 //! The control API, compatible with Docker Flow: Proxy 1.0.3.
 //!
-//! Owns: the routes (`/v1/docker-flow-proxy/{reconfigure,remove,reload,ping,config}`,
+//! Owns: the routes (`/v1/docker-flow-proxy/{reconfigure,remove,reload,ping,config,cert,certs}`,
 //! `/v1/test`, `/v2/test`, `/metrics`; any HTTP method; unknown paths 404 with an empty body), query
 //! parsing (first value of each parameter, as DFP), the response bodies (DFP's 1.0.3 fields in
 //! their order) and the single mapping of errors to status codes ([`ApiError`]).
@@ -13,6 +13,8 @@
 //!
 //! Must not: talk to HAProxy or build configuration; it only calls the intent store and the
 //! reconciler.
+
+mod certs;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,6 +46,8 @@ pub struct ApiState {
     pub config_path: PathBuf,
     /// `TEMPLATES_ROOT`: custom templates are checked against it before they are persisted.
     pub templates_root: PathBuf,
+    /// TLS certificates (`cert` and `certs`).
+    pub certs: crate::certs::CertStore,
 }
 
 /// Every way a request can fail, mapped to a status code in one place.
@@ -226,6 +230,20 @@ pub fn routes(
         .and(warp::path("test"))
         .and(warp::path::end())
         .map(|| ok(&Params::new()));
+    let cert = dfp
+        .and(warp::path("cert"))
+        .and(warp::path::end())
+        .and(query)
+        .and(warp::body::stream().then(certs::read_body))
+        .and(with_state.clone())
+        .then(|params: Params, body, state: Arc<ApiState>| async move {
+            certs::put(&params, body, &state).await
+        });
+    let cert_list = dfp
+        .and(warp::path("certs"))
+        .and(warp::path::end())
+        .and(with_state.clone())
+        .then(|state: Arc<ApiState>| async move { certs::list(&state).await });
     let metrics = warp::path("metrics")
         .and(warp::path::end())
         .and(with_state.clone())
@@ -243,6 +261,10 @@ pub fn routes(
         .or(test)
         .unify()
         .or(metrics)
+        .unify()
+        .or(cert)
+        .unify()
+        .or(cert_list)
         .unify()
 }
 

@@ -9,11 +9,13 @@
 //! [`ServiceIntent::from_params`] / [`ServiceIntent::from_kv`], one validation for both.
 
 mod catalog;
+mod cert_name;
 mod health;
 mod intent;
 mod names;
 
 pub use catalog::{CatalogSnapshot, Instance, Weights};
+pub use cert_name::{CertName, CertNameError};
 pub use health::Health;
 pub use intent::{
     Color, CustomTemplates, DomainName, IntentError, KV_KEYS, MANDATORY_MESSAGE, PathPattern,

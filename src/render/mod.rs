@@ -18,8 +18,10 @@
 //! custom templates (rendered elsewhere), inserted verbatim by [`render_with_custom`].
 
 mod slot_lines;
+mod tls;
 
 pub use slot_lines::only_slot_lines_differ;
+pub use tls::{ConfigFilePath, ConfigFilePathError, TlsBind};
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -126,6 +128,8 @@ pub struct RenderSettings {
     pub https_port: Option<u16>,
     /// A small listener answering 200, for health probes.
     pub health: Option<SocketAddr>,
+    /// TLS termination on `https_port`; `None`: plain HTTP there.
+    pub tls: Option<TlsBind>,
 }
 
 impl Default for RenderSettings {
@@ -140,6 +144,7 @@ impl Default for RenderSettings {
             http_port: 80,
             https_port: Some(443),
             health: None,
+            tls: None,
         }
     }
 }
@@ -292,7 +297,11 @@ pub fn render_with_custom(
         .collect();
     let mut binds = vec![SocketAddr::new(settings.bind_address, settings.http_port).to_string()];
     if let Some(p) = settings.https_port.filter(|p| *p != settings.http_port) {
-        binds.push(SocketAddr::new(settings.bind_address, p).to_string());
+        let addr = SocketAddr::new(settings.bind_address, p);
+        binds.push(match &settings.tls {
+            Some(tls) => format!("{addr} {}", tls.bind_options()),
+            None => addr.to_string(),
+        });
     }
     let mut host_acls: Vec<HostAclView> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
