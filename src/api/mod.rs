@@ -107,6 +107,10 @@ pub struct ResponseBody {
     path_type: String,
     #[serde(rename = "SkipCheck")]
     skip_check: bool,
+    #[serde(rename = "HttpsOnly")]
+    https_only: bool,
+    #[serde(rename = "HttpsRedirectCode")]
+    https_redirect_code: String,
 }
 
 impl From<ReconfigureEcho> for ResponseBody {
@@ -122,6 +126,8 @@ impl From<ReconfigureEcho> for ResponseBody {
             consul_template_be_path: e.consul_template_be_path,
             path_type: e.path_type,
             skip_check: e.skip_check,
+            https_only: e.https_only,
+            https_redirect_code: e.https_redirect_code,
         }
     }
 }
@@ -468,7 +474,7 @@ mod tests {
         let body = ResponseBody::from(ReconfigureEcho::from_params(&Params::new(), "OK", ""));
         assert_eq!(
             serde_json::to_string(&body).unwrap(),
-            r#"{"Status":"OK","Message":"","ServiceName":"","ServiceColor":"","ServicePath":null,"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false}"#
+            r#"{"Status":"OK","Message":"","ServiceName":"","ServiceColor":"","ServicePath":null,"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false,"HttpsOnly":false,"HttpsRedirectCode":""}"#
         );
     }
 }

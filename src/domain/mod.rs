@@ -13,6 +13,7 @@ mod cert_name;
 mod health;
 mod intent;
 mod names;
+mod redirect;
 
 pub use catalog::{CatalogSnapshot, Instance, Weights};
 pub use cert_name::{CertName, CertNameError};
@@ -21,4 +22,5 @@ pub use intent::{
     Color, CustomTemplates, DomainName, IntentError, KV_KEYS, MANDATORY_MESSAGE, PathPattern,
     PathType, RawParams, ReconfigureEcho, ServiceIntent, TemplatePath,
 };
+pub use redirect::RedirectCode;
 pub use names::{InstanceId, MetaKey, MetaValue, NodeName, ServiceName, Tag, ValidationError};

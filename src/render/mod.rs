@@ -206,6 +206,7 @@ struct RouteView {
 struct BackendView {
     name: String,
     servers: Vec<String>,
+    https_redirect: Option<u16>,
 }
 
 #[derive(Template)]
@@ -336,6 +337,7 @@ pub fn render_with_custom(
         .map(|b| BackendView {
             name: b.name.to_string(),
             servers: server_lines(b),
+            https_redirect: b.https_redirect.map(|c| c.get()),
         })
         .collect();
     let view = ConfigView {

@@ -80,3 +80,49 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+    use crate::plan::test_support::*;
+    use crate::plan::{PlanSettings, SlotTable, plan};
+    use crate::render::{RenderSettings, render};
+
+    #[test]
+    fn https_bind_and_redirects_are_rendered() {
+        let ints = intents(vec![
+            intent(&[
+                ("serviceName", "secure"),
+                ("servicePath", "/s"),
+                ("httpsOnly", "true"),
+                ("httpsRedirectCode", "301"),
+            ]),
+            intent(&[("serviceName", "plain"), ("servicePath", "/p")]),
+        ]);
+        let p = plan(
+            &ints,
+            &crate::domain::CatalogSnapshot::new(),
+            &SlotTable::default(),
+            &PlanSettings::default(),
+        );
+        let settings = RenderSettings {
+            https_port: Some(8443),
+            tls: Some(TlsBind {
+                crt_list: ConfigFilePath::new("/d/tls/crt-list").unwrap(),
+            }),
+            ..RenderSettings::for_tests()
+        };
+        let text = render(&p, &settings).unwrap().into_string();
+        assert!(
+            text.contains("    bind 0.0.0.0:8443 ssl crt-list /d/tls/crt-list alpn h2,http/1.1\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "backend secure-be\n    http-request redirect scheme https code 301 if !{ ssl_fc }\n"
+        ));
+        assert_eq!(text.matches("redirect scheme").count(), 1, "{text}");
+        let plain = RenderSettings::for_tests();
+        let text = render(&p, &plain).unwrap().into_string();
+        assert!(text.contains("    bind 0.0.0.0:443\n"), "{text}");
+    }
+}
