@@ -22,7 +22,8 @@ use crate::domain::CertName;
 pub const MAX_CERT_BODY: usize = 256 * 1024;
 
 /// DFP's message when `certName` or the body is missing.
-pub const CERT_MANDATORY_MESSAGE: &str = "certName query and the certificate in the request body are mandatory";
+pub const CERT_MANDATORY_MESSAGE: &str =
+    "certName query and the certificate in the request body are mandatory";
 
 #[derive(Serialize)]
 struct CertAnswer {
@@ -56,7 +57,11 @@ struct CertsAnswer {
 
 fn answer(status: StatusCode, message: String) -> Response {
     let body = CertAnswer {
-        status: if status == StatusCode::OK { "OK" } else { "NOK" },
+        status: if status == StatusCode::OK {
+            "OK"
+        } else {
+            "NOK"
+        },
         message,
     };
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
@@ -81,7 +86,11 @@ where
 }
 
 /// `PUT /v1/docker-flow-proxy/cert`.
-pub async fn put(params: &Params, body: Result<Option<Vec<u8>>, warp::Error>, state: &ApiState) -> Response {
+pub async fn put(
+    params: &Params,
+    body: Result<Option<Vec<u8>>, warp::Error>,
+    state: &ApiState,
+) -> Response {
     match put_inner(params, body, state).await {
         Ok(name) => answer(
             StatusCode::OK,

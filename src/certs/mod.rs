@@ -135,7 +135,9 @@ impl CertStore {
             .map_err(io(data_dir))?;
         let tls_dir = data_dir.join("tls");
         let certs = tls_dir.join("certs");
-        tokio::fs::create_dir_all(&certs).await.map_err(io(&certs))?;
+        tokio::fs::create_dir_all(&certs)
+            .await
+            .map_err(io(&certs))?;
         let crt_list = ConfigFilePath::new(&tls_dir.join("crt-list").to_string_lossy())?;
         // Every path in the crt-list must be safe too.
         ConfigFilePath::new(&certs.join("x.pem").to_string_lossy())?;
@@ -242,7 +244,9 @@ impl CertStore {
             None => {
                 // Keep what is served until KV answers.
                 for cert in self.inner.served.lock().await.iter() {
-                    wanted.entry(cert.name.clone()).or_insert_with(|| cert.clone());
+                    wanted
+                        .entry(cert.name.clone())
+                        .or_insert_with(|| cert.clone());
                 }
             }
         }
@@ -259,7 +263,10 @@ impl CertStore {
         Ok(changed)
     }
 
-    async fn write_files(&self, wanted: &BTreeMap<CertName, ServedCert>) -> Result<bool, CertsError> {
+    async fn write_files(
+        &self,
+        wanted: &BTreeMap<CertName, ServedCert>,
+    ) -> Result<bool, CertsError> {
         let dir = self.cert_dir();
         let mut changed = false;
         let mut list = format!("{}\n", self.default_path().display());
@@ -271,10 +278,12 @@ impl CertStore {
             }
             list.push_str(&format!("{}\n", path.display()));
         }
-        let mut entries = tokio::fs::read_dir(&dir).await.map_err(|source| CertsError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        let mut entries = tokio::fs::read_dir(&dir)
+            .await
+            .map_err(|source| CertsError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         while let Ok(Some(entry)) = entries.next_entry().await {
             let file = entry.file_name().to_string_lossy().into_owned();
             let keep = file
@@ -420,10 +429,9 @@ pub fn generate_default() -> Result<ValidBundle, CertsError> {
     let key = rcgen::KeyPair::generate().map_err(|e| CertsError::Generate(e.to_string()))?;
     let mut params = rcgen::CertificateParams::new(vec![DEFAULT_CERT_HOST.to_owned()])
         .map_err(|e| CertsError::Generate(e.to_string()))?;
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        "flow-proxy default certificate",
-    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "flow-proxy default certificate");
     let cert = params
         .self_signed(&key)
         .map_err(|e| CertsError::Generate(e.to_string()))?;
@@ -444,7 +452,9 @@ fn parse_kv(prefix: &str, pairs: &[KvPair]) -> Vec<(CertName, ValidBundle)> {
         };
         match pem::validate(&pair.value) {
             Ok(bundle) => out.push((name, bundle)),
-            Err(e) => warn!(key = %pair.key, error = %e, "skipping an invalid certificate in Consul KV"),
+            Err(e) => {
+                warn!(key = %pair.key, error = %e, "skipping an invalid certificate in Consul KV")
+            }
         }
     }
     out

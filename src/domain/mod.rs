@@ -22,5 +22,5 @@ pub use intent::{
     Color, CustomTemplates, DomainName, IntentError, KV_KEYS, MANDATORY_MESSAGE, PathPattern,
     PathType, RawParams, ReconfigureEcho, ServiceIntent, TemplatePath,
 };
-pub use redirect::RedirectCode;
 pub use names::{InstanceId, MetaKey, MetaValue, NodeName, ServiceName, Tag, ValidationError};
+pub use redirect::RedirectCode;

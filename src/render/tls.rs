@@ -12,7 +12,9 @@ pub struct ConfigFilePath(String);
 
 /// A rejected [`ConfigFilePath`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid file path {0:?} for haproxy.cfg: must be absolute, at most 1024 bytes, [A-Za-z0-9/._-]")]
+#[error(
+    "invalid file path {0:?} for haproxy.cfg: must be absolute, at most 1024 bytes, [A-Za-z0-9/._-]"
+)]
 pub struct ConfigFilePathError(pub String);
 
 impl ConfigFilePath {
