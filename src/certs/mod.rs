@@ -111,6 +111,8 @@ struct Inner {
     crt_list: ConfigFilePath,
     /// The certificates last written.
     served: Mutex<Vec<ServedCert>>,
+    /// The valid certificates of the last good read of the KV folder.
+    kv_certs: Mutex<Vec<(CertName, ValidBundle)>>,
     /// One upload or sync (with its reload) at a time.
     turn: Mutex<()>,
 }
@@ -150,6 +152,7 @@ impl CertStore {
                 tls_dir,
                 crt_list,
                 served: Mutex::new(Vec::new()),
+                kv_certs: Mutex::new(Vec::new()),
                 turn: Mutex::new(()),
             }),
         };
@@ -213,44 +216,28 @@ impl CertStore {
     }
 
     /// The certificates wanted: `CERTS_DIR`, then KV (which wins). Invalid ones are logged
-    /// and skipped. With `kv = None` the KV certificates currently served are kept.
+    /// and skipped. `kv` is a fresh read of the KV folder; with `None` the last one counts.
     async fn wanted(&self, kv: Option<&[KvPair]>) -> BTreeMap<CertName, ServedCert> {
-        let mut wanted = BTreeMap::new();
+        let mut found = Vec::new();
         if let Some(dir) = &self.inner.certs_dir {
-            for (name, bundle) in read_certs_dir(dir).await {
-                wanted.insert(
-                    name.clone(),
-                    ServedCert {
-                        name,
-                        dir: self.cert_dir(),
-                        pem: bundle.pem().to_owned(),
-                    },
-                );
-            }
+            found = read_certs_dir(dir).await;
         }
-        match kv {
-            Some(pairs) => {
-                for (name, bundle) in parse_kv(self.inner.prefix.as_str(), pairs) {
-                    wanted.insert(
-                        name.clone(),
-                        ServedCert {
-                            name,
-                            dir: self.cert_dir(),
-                            pem: bundle.pem().to_owned(),
-                        },
-                    );
-                }
-            }
-            None => {
-                // Keep what is served until KV answers.
-                for cert in self.inner.served.lock().await.iter() {
-                    wanted
-                        .entry(cert.name.clone())
-                        .or_insert_with(|| cert.clone());
-                }
-            }
+        let mut known = self.inner.kv_certs.lock().await;
+        if let Some(pairs) = kv {
+            *known = parse_kv(self.inner.prefix.as_str(), pairs);
         }
-        wanted
+        found.extend(known.iter().cloned());
+        found
+            .into_iter()
+            .map(|(name, bundle)| {
+                let cert = ServedCert {
+                    name: name.clone(),
+                    dir: self.cert_dir(),
+                    pem: bundle.pem().to_owned(),
+                };
+                (name, cert)
+            })
+            .collect()
     }
 
     /// Writes the wanted certificates where they differ from the files, removes the others and
@@ -370,6 +357,9 @@ impl CertStore {
     /// Follows KV and `CERTS_DIR` until `cancel` fires: any change of the served files is
     /// applied with a reload when `reload` is set (TLS is bound). With `pending`, one reload
     /// is done first (files changed at start while an adopted HAProxy kept the old ones).
+    ///
+    /// A move of the KV folder is only a trigger: the folder is read again under the upload
+    /// lock, so an answer that predates an upload can never undo it.
     pub fn spawn_watch(
         &self,
         reconciler: ReconcilerHandle,
@@ -385,7 +375,7 @@ impl CertStore {
         );
         tokio::spawn(async move {
             let mut changes = handle.changes;
-            let mut kv: Option<Arc<Vec<KvPair>>> = None;
+            let mut kv_moved = false;
             let mut pending = pending && reload;
             let mut tick = tokio::time::interval(CERTS_DIR_POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -406,12 +396,27 @@ impl CertStore {
                         if changed.is_err() {
                             return;
                         }
-                        kv = changes.borrow_and_update().clone();
+                        changes.borrow_and_update();
+                        kv_moved = true;
                     }
                     _ = tick.tick() => {}
                 }
                 let _turn = store.inner.turn.lock().await;
-                match store.sync(kv.as_deref().map(Vec::as_slice)).await {
+                let fresh = if kv_moved {
+                    match store.inner.client.kv_list(&store.inner.prefix).await {
+                        Ok(pairs) => {
+                            kv_moved = false;
+                            Some(pairs)
+                        }
+                        Err(e) => {
+                            warn!(error = %chain(&e), "cannot read certificates from Consul KV; retrying");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                match store.sync(fresh.as_deref()).await {
                     Ok(true) => {
                         info!("certificates changed");
                         pending = reload;
