@@ -501,3 +501,56 @@ async fn https_only_redirects_plain_http_and_serves_https() {
     assert_eq!(proxy.get("localhost", "/web").await.0, 301);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_haproxy_is_reloaded_for_certificates_uploaded_while_flow_proxy_was_down() {
+    if !haproxy_available() {
+        return;
+    }
+    let registry = Registry::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (http_port, https_port) = (free_port(), free_port());
+    let args = vec![
+        "--https-port".to_owned(),
+        https_port.to_string(),
+        "--certs-dir".to_owned(),
+        certs.path().display().to_string(),
+    ];
+    let dir = tempfile::Builder::new()
+        .prefix("fp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut first = Proxy::start_in(&registry, "tls-adopt", &args, dir, http_port).await;
+    route_web(&registry, &first, "").await;
+    let default = default_cert(&first);
+    // HAProxy outlives flow-proxy.
+    first.stop().await;
+    let dir = std::mem::replace(&mut first.data_dir, tempfile::tempdir_in("/tmp").unwrap());
+
+    let (mut replica, _) = start_tls(&registry, "tls-adopt", certs.path()).await;
+    let f = bundle("f.example.test");
+    let (status, body) = api_send(
+        replica.api,
+        "PUT",
+        "/v1/docker-flow-proxy/cert?certName=f",
+        f.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The orphaned HAProxy still serves what it loaded.
+    assert_eq!(
+        https_get(https_port, "f.example.test", "/web").await.2,
+        default
+    );
+
+    let mut args = args;
+    args.push("--stop-haproxy-on-exit".to_owned());
+    let mut second = Proxy::start_in(&registry, "tls-adopt", &args, dir, http_port).await;
+    wait_until(
+        "the adopted HAProxy serves the uploaded certificate",
+        || async { https_get(https_port, "f.example.test", "/web").await.2 == cert_der(&f) },
+    )
+    .await;
+    second.stop().await;
+    replica.stop().await;
+}
