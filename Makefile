@@ -5,12 +5,14 @@ DATA_DIR ?= $(CURDIR)/.data
 export FLOW_PROXY_PYTHON ?= $(CURDIR)/target/py-venv/bin/python
 
 HTTP_PORT ?= 8081
+HTTPS_PORT ?= 8443
 API_ADDRESS ?= 127.0.0.1:8080
 
 # Runs flow-proxy and HAProxy on the embedded registry, unprivileged, with their state inside
-# the checkout: HAProxy on 127.0.0.1:$(HTTP_PORT), the API on $(API_ADDRESS).
+# the checkout: HAProxy on 127.0.0.1:$(HTTP_PORT) (HTTPS on $(HTTPS_PORT)), the API on $(API_ADDRESS).
 run:
-	DATA_DIR=$(DATA_DIR) HTTP_PORT=$(HTTP_PORT) API_ADDRESS=$(API_ADDRESS) BIND_ADDRESS=127.0.0.1 \
+	DATA_DIR=$(DATA_DIR) HTTP_PORT=$(HTTP_PORT) HTTPS_PORT=$(HTTPS_PORT) API_ADDRESS=$(API_ADDRESS) \
+		BIND_ADDRESS=127.0.0.1 \
 		STOP_HAPROXY_ON_EXIT=true \
 		cargo run --release -- server
 

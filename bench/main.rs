@@ -161,6 +161,8 @@ impl Env {
             "127.0.0.1".to_owned(),
             "--http-port".to_owned(),
             http_port.to_string(),
+            "--https-port".to_owned(),
+            "0".to_owned(),
             "--data-dir".to_owned(),
             data_dir.path().display().to_string(),
             "--stop-haproxy-on-exit".to_owned(),

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::access_log::{self, AccessLogError};
 use crate::api::{self, ApiState};
+use crate::certs::{CertStore, CertsError};
 use crate::consul::{
     CatalogWatcher, CatalogWatcherOptions, ConfigError, ConsulClient, ConsulConfig, Interest,
 };
@@ -65,6 +66,9 @@ pub enum ServerError {
     /// HAProxy's log listener could not start.
     #[error(transparent)]
     AccessLog(#[from] AccessLogError),
+    /// The TLS certificates could not be prepared.
+    #[error("certificates: {0}")]
+    Certs(#[from] CertsError),
 }
 
 /// Runs `flow-proxy registry` until `shutdown` is cancelled.
@@ -162,6 +166,17 @@ async fn run_proxy(
             source,
         })?;
 
+    // HAProxy from an earlier run may be adopted: it must then reload to read changed files.
+    let earlier_run = tokio::fs::try_exists(paths.config()).await.unwrap_or(false);
+    let (certs, certs_changed) = CertStore::open(
+        client.clone(),
+        &args.proxy_instance_name,
+        &args.data_dir,
+        Some(args.certs_dir.clone()),
+    )
+    .await?;
+    let https_port = (args.https_port != 0).then_some(args.https_port);
+
     let watchers = CancellationToken::new();
     let log_address = access_log::spawn(watchers.clone()).await?;
     let render = RenderSettings {
@@ -179,14 +194,14 @@ async fn run_proxy(
         maxconn: args.maxconn,
         bind_address: args.bind_address,
         http_port: args.http_port,
-        // HTTPS_PORT is bound once certificates exist; plain HTTP never listens there.
-        https_port: None,
+        https_port,
         health: None,
         // METRICS_PORT: HAProxy's own Prometheus exporter; 0 or unset is off.
         metrics: args
             .metrics_port
             .filter(|port| *port != 0)
             .map(|port| SocketAddr::new(args.bind_address, port)),
+        tls: https_port.map(|_| certs.tls_bind()),
     };
     let options = ReconcilerOptions {
         plan: PlanSettings {
@@ -233,6 +248,12 @@ async fn run_proxy(
         },
         reconciler_stop.clone(),
     );
+    certs.spawn_watch(
+        handle.clone(),
+        https_port.is_some(),
+        earlier_run && certs_changed,
+        watchers.clone(),
+    );
     let api_stop = CancellationToken::new();
     let api_address = api_listener
         .local_addr()
@@ -245,6 +266,7 @@ async fn run_proxy(
             reconciler: handle,
             config_path: paths.config().to_path_buf(),
             templates_root: args.templates_root.clone(),
+            certs,
         },
         api_stop.clone(),
     );
@@ -252,6 +274,7 @@ async fn run_proxy(
         api = %api_address,
         instance = %args.proxy_instance_name,
         http_port = args.http_port,
+        https_port = args.https_port,
         data_dir = %args.data_dir.display(),
         "flow-proxy started"
     );

@@ -137,7 +137,8 @@ pub struct ServerArgs {
     #[arg(long, env = "HTTP_PORT", default_value_t = 80)]
     pub http_port: u16,
 
-    /// HAProxy's HTTPS port. Not bound until certificates are configured.
+    /// HAProxy's HTTPS port, terminating TLS (certificates from `CERTS_DIR` and the API, a
+    /// self-signed default otherwise); 0 leaves it unbound.
     #[arg(long, env = "HTTPS_PORT", default_value_t = 443)]
     pub https_port: u16,
 
@@ -205,6 +206,10 @@ pub struct ServerArgs {
     /// unset or 0: not served.
     #[arg(long, env = "METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// Directory of PEM bundles (certificate chain and key) served on `HTTPS_PORT`, picked by
+    /// SNI; read at start and every 10 s. A missing directory holds none.
+    #[arg(long, env = "CERTS_DIR", default_value = "/certs")]
+    pub certs_dir: PathBuf,
 }
 
 /// The API's default port, DFP's.
@@ -316,6 +321,7 @@ mod tests {
         };
         assert!(args.tag_routes);
         assert_eq!(args.tag_prefix.as_str(), "edge");
+        assert_eq!(args.certs_dir, PathBuf::from("/certs"));
     }
 
     #[test]

@@ -259,6 +259,7 @@ fn server_on_the_embedded_registry_routes_and_recovers_its_state_across_restarts
         ("API_ADDRESS", "127.0.0.1:0"),
         ("BIND_ADDRESS", "127.0.0.1"),
         ("HTTP_PORT", http_port.as_str()),
+        ("HTTPS_PORT", "0"),
         ("STOP_HAPROXY_ON_EXIT", "true"),
     ];
     let mut server = Running::start(&["server"], &envs);

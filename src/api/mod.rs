@@ -1,7 +1,8 @@
 //! The control API, compatible with Docker Flow: Proxy 1.0.3.
 //!
-//! Owns: the routes (`/v1/docker-flow-proxy/{reconfigure,remove,reload,ping,config}`,
-//! `/v1/test`, `/v2/test`, `/metrics` and its alias `/v1/docker-flow-proxy/metrics`; any HTTP method; unknown paths 404 with an empty body), query
+//! Owns: the routes (`/v1/docker-flow-proxy/{reconfigure,remove,reload,ping,config,cert,certs}`,
+//! `/v1/test`, `/v2/test`, `/metrics` and its alias `/v1/docker-flow-proxy/metrics`; any HTTP
+//! method; unknown paths 404 with an empty body), query
 //! parsing (first value of each parameter, as DFP), the response bodies (DFP's 1.0.3 fields in
 //! their order) and the single mapping of errors to status codes ([`ApiError`]).
 //!
@@ -13,6 +14,8 @@
 //!
 //! Must not: talk to HAProxy or build configuration; it only calls the intent store and the
 //! reconciler.
+
+mod certs;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,6 +47,8 @@ pub struct ApiState {
     pub config_path: PathBuf,
     /// `TEMPLATES_ROOT`: custom templates are checked against it before they are persisted.
     pub templates_root: PathBuf,
+    /// TLS certificates (`cert` and `certs`).
+    pub certs: crate::certs::CertStore,
 }
 
 /// Every way a request can fail, mapped to a status code in one place.
@@ -103,6 +108,10 @@ pub struct ResponseBody {
     path_type: String,
     #[serde(rename = "SkipCheck")]
     skip_check: bool,
+    #[serde(rename = "HttpsOnly")]
+    https_only: bool,
+    #[serde(rename = "HttpsRedirectCode")]
+    https_redirect_code: String,
 }
 
 impl From<ReconfigureEcho> for ResponseBody {
@@ -118,6 +127,8 @@ impl From<ReconfigureEcho> for ResponseBody {
             consul_template_be_path: e.consul_template_be_path,
             path_type: e.path_type,
             skip_check: e.skip_check,
+            https_only: e.https_only,
+            https_redirect_code: e.https_redirect_code,
         }
     }
 }
@@ -226,6 +237,20 @@ pub fn routes(
         .and(warp::path("test"))
         .and(warp::path::end())
         .map(|| ok(&Params::new()));
+    let cert = dfp
+        .and(warp::path("cert"))
+        .and(warp::path::end())
+        .and(query)
+        .and(warp::body::stream().then(certs::read_body))
+        .and(with_state.clone())
+        .then(|params: Params, body, state: Arc<ApiState>| async move {
+            certs::put(&params, body, &state).await
+        });
+    let cert_list = dfp
+        .and(warp::path("certs"))
+        .and(warp::path::end())
+        .and(with_state.clone())
+        .then(|state: Arc<ApiState>| async move { certs::list(&state).await });
     // DFP's `/v1/docker-flow-proxy/metrics` is an alias.
     let metrics = warp::path("metrics")
         .or(dfp.and(warp::path("metrics")))
@@ -246,6 +271,10 @@ pub fn routes(
         .or(test)
         .unify()
         .or(metrics)
+        .unify()
+        .or(cert)
+        .unify()
+        .or(cert_list)
         .unify()
 }
 
@@ -462,7 +491,7 @@ mod tests {
         let body = ResponseBody::from(ReconfigureEcho::from_params(&Params::new(), "OK", ""));
         assert_eq!(
             serde_json::to_string(&body).unwrap(),
-            r#"{"Status":"OK","Message":"","ServiceName":"","ServiceColor":"","ServicePath":null,"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false}"#
+            r#"{"Status":"OK","Message":"","ServiceName":"","ServiceColor":"","ServicePath":null,"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false,"HttpsOnly":false,"HttpsRedirectCode":""}"#
         );
     }
 }

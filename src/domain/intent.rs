@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{ServiceName, ValidationError};
+use super::{RedirectCode, ServiceName, ValidationError};
 
 /// DFP's exact message for a request without enough parameters.
 pub const MANDATORY_MESSAGE: &str = "The following queries are mandatory: (serviceName and servicePath) or (serviceName, consulTemplateFePath, and consulTemplateBePath)";
@@ -351,6 +351,10 @@ pub struct RawParams {
     pub consul_template_fe_path: String,
     /// `consulTemplateBePath`.
     pub consul_template_be_path: String,
+    /// `httpsOnly` and `httpsRedirectCode`, as given (`httpsOnly` normalized when valid).
+    pub https_only: String,
+    /// `httpsRedirectCode`.
+    pub https_redirect_code: String,
 }
 
 impl RawParams {
@@ -367,6 +371,8 @@ impl RawParams {
             consul_template_path: get("consulTemplatePath"),
             consul_template_fe_path: get("consulTemplateFePath"),
             consul_template_be_path: get("consulTemplateBePath"),
+            https_only: get("httpsOnly"),
+            https_redirect_code: get("httpsRedirectCode"),
         }
     }
 }
@@ -405,12 +411,14 @@ pub struct ServiceIntent {
     pub skip_check: bool,
     /// Custom templates, when the intent names them.
     pub templates: Option<CustomTemplates>,
+    /// `httpsOnly`: plain HTTP requests routed here are redirected to HTTPS with this code.
+    pub https_redirect: Option<RedirectCode>,
     /// The parameters as received, for the echo and the KV encoding.
     pub raw: RawParams,
 }
 
 /// The KV key suffixes, in the order they are written.
-pub const KV_KEYS: [&str; 8] = [
+pub const KV_KEYS: [&str; 10] = [
     "path",
     "color",
     "domain",
@@ -419,6 +427,8 @@ pub const KV_KEYS: [&str; 8] = [
     "consultemplatepath",
     "consultemplatefepath",
     "consultemplatebepath",
+    "httpsonly",
+    "httpsredirectcode",
 ];
 
 /// Strict boolean: `true`/`false` (any ASCII case), `1`/`0`; empty means false.
@@ -497,9 +507,17 @@ impl ServiceIntent {
         domains.dedup();
         let path_type = PathType::parse(&raw.path_type)?;
         let skip_check = parse_bool("skipCheck", &raw.skip_check)?;
+        let https_only = parse_bool("httpsOnly", &raw.https_only)?;
+        let code = match raw.https_redirect_code.as_str() {
+            "" => RedirectCode::DEFAULT,
+            c => RedirectCode::parse(c).ok_or_else(|| {
+                invalid("httpsRedirectCode", c, "must be 301, 302, 303, 307 or 308")
+            })?,
+        };
         // Normalized, so that an intent read back from KV equals the one that was written.
         let raw = RawParams {
             skip_check: skip_check.to_string(),
+            https_only: https_only.to_string(),
             ..raw
         };
         Ok(ServiceIntent {
@@ -511,6 +529,7 @@ impl ServiceIntent {
             path_type,
             skip_check,
             templates,
+            https_redirect: https_only.then_some(code),
             raw,
         })
     }
@@ -529,6 +548,8 @@ impl ServiceIntent {
             r.consul_template_path.clone(),
             r.consul_template_fe_path.clone(),
             r.consul_template_be_path.clone(),
+            r.https_only.clone(),
+            r.https_redirect_code.clone(),
         ];
         KV_KEYS
             .iter()
@@ -554,6 +575,8 @@ impl ServiceIntent {
             consul_template_path: get("consultemplatepath"),
             consul_template_fe_path: get("consultemplatefepath"),
             consul_template_be_path: get("consultemplatebepath"),
+            https_only: get("httpsonly"),
+            https_redirect_code: get("httpsredirectcode"),
         };
         Self::from_raw(raw)
     }
@@ -596,6 +619,10 @@ pub struct ReconfigureEcho {
     pub path_type: String,
     /// `SkipCheck`.
     pub skip_check: bool,
+    /// `HttpsOnly`.
+    pub https_only: bool,
+    /// `HttpsRedirectCode`, as given.
+    pub https_redirect_code: String,
 }
 
 impl ReconfigureEcho {
@@ -615,6 +642,8 @@ impl ReconfigureEcho {
             consul_template_be_path: raw.consul_template_be_path.clone(),
             path_type: raw.path_type.clone(),
             skip_check: parse_bool("skipCheck", &raw.skip_check).unwrap_or(false),
+            https_only: parse_bool("httpsOnly", &raw.https_only).unwrap_or(false),
+            https_redirect_code: raw.https_redirect_code.clone(),
         }
     }
 

@@ -9,15 +9,19 @@
 //! [`ServiceIntent::from_params`] / [`ServiceIntent::from_kv`], one validation for both.
 
 mod catalog;
+mod cert_name;
 mod health;
 mod intent;
 mod names;
 pub mod tag_intent;
+mod redirect;
 
 pub use catalog::{CatalogSnapshot, Instance, Weights};
+pub use cert_name::{CertName, CertNameError};
 pub use health::Health;
 pub use intent::{
     Color, CustomTemplates, DomainName, IntentError, KV_KEYS, MANDATORY_MESSAGE, PathPattern,
     PathType, RawParams, ReconfigureEcho, ServiceIntent, TemplatePath,
 };
 pub use names::{InstanceId, MetaKey, MetaValue, NodeName, ServiceName, Tag, ValidationError};
+pub use redirect::RedirectCode;

@@ -144,7 +144,11 @@ fn same_structure(a: &Plan, b: &Plan) -> bool {
             .iter()
             .zip(&b.backends)
             .all(|((ka, x), (kb, y))| {
-                ka == kb && x.name == y.name && x.check == y.check && x.slots.len() == y.slots.len()
+                ka == kb
+                    && x.name == y.name
+                    && x.check == y.check
+                    && x.slots.len() == y.slots.len()
+                    && x.https_redirect == y.https_redirect
             })
 }
 

@@ -15,7 +15,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::domain::{
-    CatalogSnapshot, DomainName, Health, PathPattern, PathType, ServiceIntent, ServiceName,
+    CatalogSnapshot, DomainName, Health, PathPattern, PathType, RedirectCode, ServiceIntent,
+    ServiceName,
 };
 
 pub use diff::{Change, RuntimeCommand, ServerAdminState, diff};
@@ -153,6 +154,8 @@ pub struct Backend {
     pub check: bool,
     /// The slots, `s1..sN`, N a power of two.
     pub slots: Vec<Slot>,
+    /// `httpsOnly`: plain HTTP requests are redirected to HTTPS with this code.
+    pub https_redirect: Option<RedirectCode>,
 }
 
 /// How the `Host` header must match for a route.
@@ -250,6 +253,7 @@ pub fn plan(
                 catalog_service: intent.catalog_service.clone(),
                 check: !intent.skip_check,
                 slots,
+                https_redirect: intent.https_redirect,
             },
         );
         let host = HostMatch::from_domains(&intent.domains);

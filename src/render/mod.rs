@@ -18,8 +18,10 @@
 //! custom templates (rendered elsewhere), inserted verbatim by [`render_with_custom`].
 
 mod slot_lines;
+mod tls;
 
 pub use slot_lines::only_slot_lines_differ;
+pub use tls::{ConfigFilePath, ConfigFilePathError, TlsBind};
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -128,6 +130,8 @@ pub struct RenderSettings {
     pub health: Option<SocketAddr>,
     /// Where HAProxy's built-in Prometheus exporter answers `/metrics` (`METRICS_PORT`).
     pub metrics: Option<SocketAddr>,
+    /// TLS termination on `https_port`; `None`: plain HTTP there.
+    pub tls: Option<TlsBind>,
 }
 
 impl Default for RenderSettings {
@@ -143,6 +147,7 @@ impl Default for RenderSettings {
             https_port: Some(443),
             health: None,
             metrics: None,
+            tls: None,
         }
     }
 }
@@ -204,6 +209,7 @@ struct RouteView {
 struct BackendView {
     name: String,
     servers: Vec<String>,
+    https_redirect: Option<u16>,
 }
 
 #[derive(Template)]
@@ -296,7 +302,11 @@ pub fn render_with_custom(
         .collect();
     let mut binds = vec![SocketAddr::new(settings.bind_address, settings.http_port).to_string()];
     if let Some(p) = settings.https_port.filter(|p| *p != settings.http_port) {
-        binds.push(SocketAddr::new(settings.bind_address, p).to_string());
+        let addr = SocketAddr::new(settings.bind_address, p);
+        binds.push(match &settings.tls {
+            Some(tls) => format!("{addr} {}", tls.bind_options()),
+            None => addr.to_string(),
+        });
     }
     let mut host_acls: Vec<HostAclView> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -331,6 +341,7 @@ pub fn render_with_custom(
         .map(|b| BackendView {
             name: b.name.to_string(),
             servers: server_lines(b),
+            https_redirect: b.https_redirect.map(|c| c.get()),
         })
         .collect();
     let view = ConfigView {

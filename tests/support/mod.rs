@@ -166,6 +166,14 @@ impl Proxy {
             "--data-dir".to_owned(),
             data_dir.path().display().to_string(),
         ];
+        // HTTPS stays off and no operator certificates are read unless a test asks.
+        if !extra.iter().any(|a| a == "--https-port") {
+            argv.extend(["--https-port".to_owned(), "0".to_owned()]);
+        }
+        if !extra.iter().any(|a| a == "--certs-dir") {
+            let none = data_dir.path().join("no-certs");
+            argv.extend(["--certs-dir".to_owned(), none.display().to_string()]);
+        }
         argv.extend(extra.iter().cloned());
         let cli = Cli::try_parse_from(argv).unwrap();
         let Command::Server(args) = cli.command else {
