@@ -179,6 +179,8 @@ async fn run_proxy(
         // HTTPS_PORT is bound once certificates exist; plain HTTP never listens there.
         https_port: None,
         health: None,
+        users: args.global_users(),
+        sticky_key: args.sticky_key(),
     };
     let options = ReconcilerOptions {
         plan: PlanSettings {
@@ -231,6 +233,7 @@ async fn run_proxy(
             reconciler: handle,
             config_path: paths.config().to_path_buf(),
             templates_root: args.templates_root.clone(),
+            reserved_ports: vec![args.http_port, args.https_port],
         },
         api_stop.clone(),
     );

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::{StickyKey, Users};
 use crate::plan::HealthFilter;
 
 /// `flow-proxy`: keeps HAProxy routing to every live instance that Consul knows about.
@@ -176,6 +177,20 @@ pub struct ServerArgs {
     /// next flow-proxy on the same data directory adopts it).
     #[arg(long, env = "STOP_HAPROXY_ON_EXIT", default_value_t = false)]
     pub stop_haproxy_on_exit: bool,
+
+    /// DFP's `USERS`: `user:pass,user2:pass2`, basic auth of every HTTP service that has no
+    /// `users` of its own.
+    #[arg(long, env = "USERS", value_parser = parse_users)]
+    pub users: Option<String>,
+
+    /// DFP's `USERS_PASS_ENCRYPTED`: the passwords of `USERS` are crypt(3) hashes.
+    #[arg(long, env = "USERS_PASS_ENCRYPTED", default_value_t = false)]
+    pub users_pass_encrypted: bool,
+
+    /// The dynamic-cookie secret of `sessionType=sticky-server`; replicas must share it.
+    /// Derived from `PROXY_INSTANCE_NAME` when unset.
+    #[arg(long, env = "STICKY_KEY", value_parser = parse_sticky_key)]
+    pub sticky_key: Option<StickyKey>,
 }
 
 /// The API's default port, DFP's.
@@ -191,6 +206,36 @@ impl ServerArgs {
             )
         })
     }
+}
+
+impl ServerArgs {
+    /// The global `USERS`, validated (the syntax was checked when parsing the arguments).
+    pub fn global_users(&self) -> Option<Users> {
+        self.users
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .and_then(|u| Users::parse("USERS", u, self.users_pass_encrypted).ok())
+    }
+
+    /// `STICKY_KEY`, or the key derived from `PROXY_INSTANCE_NAME`.
+    pub fn sticky_key(&self) -> StickyKey {
+        self.sticky_key
+            .clone()
+            .unwrap_or_else(|| StickyKey::from_instance_name(&self.proxy_instance_name))
+    }
+}
+
+fn parse_users(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    Users::parse("USERS", value, false)
+        .map(|_| value.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_sticky_key(value: &str) -> Result<StickyKey, String> {
+    StickyKey::new(value).map_err(|e| e.to_string())
 }
 
 fn parse_health_filter(value: &str) -> Result<HealthFilter, String> {

@@ -30,6 +30,8 @@ use crate::domain::{ReconfigureEcho, ServiceIntent, ServiceName};
 use crate::intent_store::IntentStore;
 use crate::reconcile::{ApplyError, ReconcilerHandle, chain};
 
+mod routing;
+
 /// DFP's message for `remove` without `serviceName`.
 pub const REMOVE_MANDATORY_MESSAGE: &str = "The serviceName query is mandatory";
 
@@ -44,6 +46,8 @@ pub struct ApiState {
     pub config_path: PathBuf,
     /// `TEMPLATES_ROOT`: custom templates are checked against it before they are persisted.
     pub templates_root: PathBuf,
+    /// Ports no TCP or SNI service may take (`HTTP_PORT`, `HTTPS_PORT`).
+    pub reserved_ports: Vec<u16>,
 }
 
 /// Every way a request can fail, mapped to a status code in one place.
@@ -103,6 +107,9 @@ pub struct ResponseBody {
     path_type: String,
     #[serde(rename = "SkipCheck")]
     skip_check: bool,
+    /// The routing parameters that were given (`Users`, `ReqMode`, ...), after `SkipCheck`.
+    #[serde(flatten)]
+    routing: serde_json::Map<String, serde_json::Value>,
 }
 
 impl From<ReconfigureEcho> for ResponseBody {
@@ -118,6 +125,7 @@ impl From<ReconfigureEcho> for ResponseBody {
             consul_template_be_path: e.consul_template_be_path,
             path_type: e.path_type,
             skip_check: e.skip_check,
+            routing: routing::echo_fields(e.routing),
         }
     }
 }
@@ -268,7 +276,10 @@ async fn reconfigure(params: &Params, state: &ApiState) -> Result<ReconfigureEch
             .map_err(bad)?;
     }
     not_ready(state)?;
-    let previous = state.reconciler.status().intents.get(&intent.name).cloned();
+    let status = state.reconciler.status();
+    crate::domain::check_conflicts(&intent, status.intents.values(), &state.reserved_ports)
+        .map_err(bad)?;
+    let previous = status.intents.get(&intent.name).cloned();
     state.store.put(&intent).await.map_err(|e| {
         ApiError::Unavailable(format!("Could not send data to Consul: {}", chain(&e)))
     })?;

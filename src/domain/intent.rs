@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::routing::{self, EchoValue, RoutingOptions, RoutingParams};
 use super::{ServiceName, ValidationError};
 
 /// DFP's exact message for a request without enough parameters.
@@ -351,6 +352,8 @@ pub struct RawParams {
     pub consul_template_fe_path: String,
     /// `consulTemplateBePath`.
     pub consul_template_be_path: String,
+    /// The routing parameters of later DFP versions (`users`, `reqMode`, ...).
+    pub routing: RoutingParams,
 }
 
 impl RawParams {
@@ -367,6 +370,7 @@ impl RawParams {
             consul_template_path: get("consulTemplatePath"),
             consul_template_fe_path: get("consulTemplateFePath"),
             consul_template_be_path: get("consulTemplateBePath"),
+            routing: RoutingParams::from_params(params),
         }
     }
 }
@@ -405,6 +409,8 @@ pub struct ServiceIntent {
     pub skip_check: bool,
     /// Custom templates, when the intent names them.
     pub templates: Option<CustomTemplates>,
+    /// Rewrites, auth, stickiness, headers, timeouts, TCP/SNI mode.
+    pub routing: RoutingOptions,
     /// The parameters as received, for the echo and the KV encoding.
     pub raw: RawParams,
 }
@@ -461,7 +467,7 @@ impl ServiceIntent {
             (Some(w), _, _) => Some(CustomTemplates::Whole(w)),
             _ => None,
         };
-        if raw.service_path.is_none() && templates.is_none() {
+        if raw.service_path.is_none() && templates.is_none() && !routing::wants_tcp(&raw.routing) {
             return Err(IntentError::Mandatory);
         }
         let name = ServiceName::new(raw.service_name.as_str())
@@ -497,11 +503,13 @@ impl ServiceIntent {
         domains.dedup();
         let path_type = PathType::parse(&raw.path_type)?;
         let skip_check = parse_bool("skipCheck", &raw.skip_check)?;
+        let routing_options = RoutingOptions::parse(&raw.routing, &domains)?;
         // Normalized, so that an intent read back from KV equals the one that was written.
-        let raw = RawParams {
+        let mut raw = RawParams {
             skip_check: skip_check.to_string(),
             ..raw
         };
+        routing::normalize(&mut raw.routing, &routing_options);
         Ok(ServiceIntent {
             name,
             color,
@@ -511,6 +519,7 @@ impl ServiceIntent {
             path_type,
             skip_check,
             templates,
+            routing: routing_options,
             raw,
         })
     }
@@ -530,11 +539,13 @@ impl ServiceIntent {
             r.consul_template_fe_path.clone(),
             r.consul_template_be_path.clone(),
         ];
-        KV_KEYS
+        let mut pairs: Vec<(String, String)> = KV_KEYS
             .iter()
             .zip(values)
             .map(|(k, v)| ((*k).to_owned(), v))
-            .collect()
+            .collect();
+        pairs.extend(self.raw.routing.kv_pairs());
+        pairs
     }
 
     /// Rebuilds an intent from the KV values of one service (`key suffix → value`; missing
@@ -554,6 +565,7 @@ impl ServiceIntent {
             consul_template_path: get("consultemplatepath"),
             consul_template_fe_path: get("consultemplatefepath"),
             consul_template_be_path: get("consultemplatebepath"),
+            routing: RoutingParams::from_kv(values),
         };
         Self::from_raw(raw)
     }
@@ -596,6 +608,8 @@ pub struct ReconfigureEcho {
     pub path_type: String,
     /// `SkipCheck`.
     pub skip_check: bool,
+    /// The routing parameters that were given, DFP's field names (after `SkipCheck`).
+    pub routing: Vec<(&'static str, EchoValue)>,
 }
 
 impl ReconfigureEcho {
@@ -615,6 +629,7 @@ impl ReconfigureEcho {
             consul_template_be_path: raw.consul_template_be_path.clone(),
             path_type: raw.path_type.clone(),
             skip_check: parse_bool("skipCheck", &raw.skip_check).unwrap_or(false),
+            routing: routing::routing_echo(&raw.routing),
         }
     }
 
@@ -836,7 +851,7 @@ mod tests {
         .unwrap();
         let pairs = i.to_kv_pairs();
         let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, KV_KEYS);
+        assert_eq!(keys[..KV_KEYS.len()], KV_KEYS);
         let map: BTreeMap<String, String> = pairs.into_iter().collect();
         assert_eq!(map["path"], "/demo/hello,/demo/person");
         assert_eq!(map["domain"], "My-Domain.com");

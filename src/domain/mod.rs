@@ -12,6 +12,7 @@ mod catalog;
 mod health;
 mod intent;
 mod names;
+mod routing;
 
 pub use catalog::{CatalogSnapshot, Instance, Weights};
 pub use health::Health;
@@ -20,3 +21,9 @@ pub use intent::{
     PathType, RawParams, ReconfigureEcho, ServiceIntent, TemplatePath,
 };
 pub use names::{InstanceId, MetaKey, MetaValue, NodeName, ServiceName, Tag, ValidationError};
+pub use routing::{
+    EchoValue, HeaderMatch, HeaderName, HeaderOp, HeaderRule, HeaderValue, Password, PathRegex,
+    PathReplacement, PathRewrite, ROUTING_PARAMS, ReqMode, RoutingOptions, RoutingParams,
+    SRC_PORT_MANDATORY, StickyKey, StickyKeyError, User, UserName, Users, check_conflicts,
+    routing_echo,
+};

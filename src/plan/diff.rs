@@ -2,8 +2,9 @@
 //!
 //! Owns: [`diff()`], which decides whether two plans differ only in slot contents (addresses,
 //! ports, weights, states: [`Change::Runtime`] commands for HAProxy's runtime API) or in
-//! structure (services, routes, check flags, slot counts, settings: [`Change::Reload`]), and
-//! the text of those runtime commands, built only from validated types.
+//! structure (services, routes, check flags, slot counts, routing options, settings:
+//! [`Change::Reload`]), and the text of those runtime commands, built only from validated
+//! types.
 //!
 //! Pure: no IO. Sending the commands is the caller's job.
 
@@ -144,7 +145,11 @@ fn same_structure(a: &Plan, b: &Plan) -> bool {
             .iter()
             .zip(&b.backends)
             .all(|((ka, x), (kb, y))| {
-                ka == kb && x.name == y.name && x.check == y.check && x.slots.len() == y.slots.len()
+                ka == kb
+                    && x.name == y.name
+                    && x.check == y.check
+                    && x.slots.len() == y.slots.len()
+                    && x.routing == y.routing
             })
 }
 

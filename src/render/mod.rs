@@ -17,6 +17,7 @@
 //! The one exception to validated input is [`CustomSnippets`]: the text of an operator's own
 //! custom templates (rendered elsewhere), inserted verbatim by [`render_with_custom`].
 
+mod routing;
 mod slot_lines;
 
 pub use slot_lines::only_slot_lines_differ;
@@ -28,7 +29,7 @@ use askama::Template;
 
 use std::collections::BTreeMap;
 
-use crate::domain::ServiceName;
+use crate::domain::{ServiceName, StickyKey, Users};
 use crate::plan::{Backend, PARKED_ADDR, PARKED_PORT, Plan, ServerState};
 
 /// DFP's `TIMEOUT_*` settings, in seconds.
@@ -126,6 +127,10 @@ pub struct RenderSettings {
     pub https_port: Option<u16>,
     /// A small listener answering 200, for health probes.
     pub health: Option<SocketAddr>,
+    /// The global `USERS`: basic auth of every HTTP service without its own `users`.
+    pub users: Option<Users>,
+    /// The dynamic-cookie secret of `sessionType=sticky-server`, shared by replicas.
+    pub sticky_key: StickyKey,
 }
 
 impl Default for RenderSettings {
@@ -140,6 +145,8 @@ impl Default for RenderSettings {
             http_port: 80,
             https_port: Some(443),
             health: None,
+            users: None,
+            sticky_key: StickyKey::default(),
         }
     }
 }
@@ -196,10 +203,14 @@ struct RouteView {
     host: bool,
     /// A host-less `/` route: emitted after custom frontend snippets.
     catch_all: bool,
+    /// Further conditions of the `use_backend` line (`serviceHeader` ACLs), each with a
+    /// leading space.
+    extra: String,
 }
 
 struct BackendView {
     name: String,
+    lines: Vec<String>,
     servers: Vec<String>,
 }
 
@@ -218,6 +229,9 @@ struct ConfigView<'a> {
     custom_frontends: Vec<&'a str>,
     custom_backends: Vec<&'a str>,
     health: Option<String>,
+    frontend_lines: Vec<String>,
+    default_backend: String,
+    extra_sections: Vec<String>,
 }
 
 /// Configuration text of a service that uses custom templates, already rendered by the caller.
@@ -318,7 +332,8 @@ pub fn render_with_custom(
             pattern: r.pattern.to_string(),
             backend: r.backend.to_string(),
             host: r.host.is_some(),
-            catch_all: r.host.is_none() && r.pattern.is_root(),
+            catch_all: r.host.is_none() && !r.header_match && r.pattern.is_root(),
+            extra: routing::route_conditions(plan, &r.service),
         })
         .collect();
     let backends = plan
@@ -326,6 +341,7 @@ pub fn render_with_custom(
         .values()
         .map(|b| BackendView {
             name: b.name.to_string(),
+            lines: routing::backend_lines(b, settings),
             servers: server_lines(b),
         })
         .collect();
@@ -342,6 +358,9 @@ pub fn render_with_custom(
         custom_frontends,
         custom_backends,
         health: settings.health.map(|h| h.to_string()),
+        frontend_lines: routing::frontend_lines(plan),
+        default_backend: routing::default_backend(plan),
+        extra_sections: routing::extra_sections(plan, settings),
     };
     let mut out = view.render()?;
     if !out.ends_with('\n') {
