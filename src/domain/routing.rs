@@ -800,7 +800,7 @@ impl RoutingOptions {
                     "isDefaultBackend",
                 ] {
                     let v = raw.get(param);
-                    if !v.is_empty() && !(param == "isDefaultBackend" && !self.default_backend) {
+                    if !v.is_empty() && (param != "isDefaultBackend" || self.default_backend) {
                         return Err(invalid(
                             param,
                             v,
@@ -1110,7 +1110,7 @@ mod tests {
         assert_eq!(r.timeout_server, Some(60));
         for (param, bad) in [
             ("addReqHeader", "X-A"),
-            ("addReqHeader", "X A b"),
+            ("addReqHeader", "X:A b"),
             ("setReqHeader", "X-A 'b'"),
             ("setResHeader", "X-A %[env(CONSUL_HTTP_TOKEN)]"),
             ("setResHeader", "X-A a\\b"),
