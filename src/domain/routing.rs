@@ -206,13 +206,116 @@ impl fmt::Display for PathReplacement {
     }
 }
 
-/// One path rewrite: `http-request replace-path '<search>' '<replace>'`.
+/// One path rewrite with the semantics of DFP's `regsub`: the first match of `search` in the
+/// path is replaced by `replace` (`\1`..`\6` refer to the groups of `search`); the rest of the
+/// path and the query string are kept.
+///
+/// HAProxy's `replace-path` replaces the *whole* path when its regex matches, so the rewrite is
+/// rendered as `replace-path '^(.*?)(<search>)(.*)$' '\1<replace>\N'`, the user's
+/// back-references shifted by two ([`PathRewrite::haproxy_args`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PathRewrite {
     /// What to match.
     pub search: PathRegex,
     /// What to put instead.
     pub replace: PathReplacement,
+    /// The number of capturing groups of `search`.
+    groups: usize,
+}
+
+/// The most groups a search may have: with the three added ones, back-references stay `\1` to
+/// `\9`, the only ones HAProxy knows.
+const MAX_GROUPS: usize = 6;
+
+/// Counts the capturing groups of a regular expression without backslashes: `(` outside a
+/// character class, not followed by `?` unless it starts a named group.
+fn capture_groups(re: &str) -> usize {
+    let b = re.as_bytes();
+    let (mut i, mut n, mut in_class) = (0, 0, false);
+    while i < b.len() {
+        let c = b[i];
+        if in_class {
+            if c == b']' {
+                in_class = false;
+            }
+        } else if c == b'[' {
+            in_class = true;
+            // A ']' right after '[' or '[^' is a literal member.
+            if b.get(i + 1) == Some(&b'^') {
+                i += 1;
+            }
+            if b.get(i + 1) == Some(&b']') {
+                i += 1;
+            }
+        } else if c == b'(' {
+            let named = (b.get(i + 2) == Some(&b'P') && b.get(i + 3) == Some(&b'<'))
+                || (b.get(i + 2) == Some(&b'<') && !matches!(b.get(i + 3), Some(b'=' | b'!')));
+            if b.get(i + 1) != Some(&b'?') || named {
+                n += 1;
+            }
+        }
+        i += 1;
+    }
+    n
+}
+
+impl PathRewrite {
+    /// Validates a rewrite; the parameters name the values in errors.
+    pub fn new(
+        search_param: &'static str,
+        search: &str,
+        replace_param: &'static str,
+        replace: &str,
+    ) -> Result<Self, IntentError> {
+        let search_re = PathRegex::new(search_param, search)?;
+        let replacement = PathReplacement::new(replace_param, replace)?;
+        let groups = capture_groups(search);
+        if groups > MAX_GROUPS {
+            return Err(invalid(
+                search_param,
+                search,
+                format!("at most {MAX_GROUPS} capturing groups"),
+            ));
+        }
+        let bytes = replace.as_bytes();
+        for (i, c) in bytes.iter().enumerate() {
+            if *c == b'\\'
+                && let Some(d) = bytes.get(i + 1)
+            {
+                let n = usize::from(d - b'0');
+                if n > groups {
+                    return Err(invalid(
+                        replace_param,
+                        replace,
+                        format!("refers to group {n}, the regex has {groups}"),
+                    ));
+                }
+            }
+        }
+        Ok(PathRewrite {
+            search: search_re,
+            replace: replacement,
+            groups,
+        })
+    }
+
+    /// The regex and format of `http-request replace-path`, both safe inside single quotes.
+    pub fn haproxy_args(&self) -> (String, String) {
+        let regex = format!("^(.*?)({})(.*)$", self.search);
+        let mut fmt = String::from("\\1");
+        let mut chars = self.replace.0.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                // Validated: a digit from 0 to `groups` follows.
+                let n = chars.next().and_then(|d| d.to_digit(10)).unwrap_or(0);
+                fmt.push_str(&format!("\\{}", n + 2));
+            } else {
+                fmt.push(c);
+            }
+        }
+        fmt.push_str(&format!("\\{}", self.groups + 3));
+        (regex, fmt)
+    }
 }
 
 /// A basic-auth user name: `[A-Za-z0-9._-]`, 1 to 64 bytes.
@@ -592,10 +695,7 @@ fn parse_rewrite(
     search: &str,
     replace: &str,
 ) -> Result<PathRewrite, IntentError> {
-    Ok(PathRewrite {
-        search: PathRegex::new(param, search)?,
-        replace: PathReplacement::new(param, replace)?,
-    })
+    PathRewrite::new(param, search, param, replace)
 }
 
 /// DFP's message when a TCP or SNI service lacks its port.
@@ -629,10 +729,7 @@ impl RoutingOptions {
                 return Err(invalid("reqPathSearch", s, "needs reqPathReplace as well"));
             }
             (s, r) => {
-                path_rewrites.push(PathRewrite {
-                    search: PathRegex::new("reqPathSearch", s)?,
-                    replace: PathReplacement::new("reqPathReplace", r)?,
-                });
+                path_rewrites.push(PathRewrite::new("reqPathSearch", s, "reqPathReplace", r)?);
             }
         }
         let encrypted = parse_flag("usersPassEncrypted", raw.get("usersPassEncrypted"))?;
@@ -1034,6 +1131,35 @@ mod tests {
             .map(|p| format!("{} {}", p.search, p.replace))
             .collect();
         assert_eq!(shown, [r"^/api/v1/(.*) /\1", "^/a$ /b", "^/x /y"]);
+        let args: Vec<(String, String)> = i
+            .routing
+            .path_rewrites
+            .iter()
+            .map(PathRewrite::haproxy_args)
+            .collect();
+        assert_eq!(
+            args[0],
+            (
+                r"^(.*?)(^/api/v1/(.*))(.*)$".to_owned(),
+                r"\1/\3\4".to_owned()
+            )
+        );
+        assert_eq!(
+            args[2],
+            (r"^(.*?)(^/x)(.*)$".to_owned(), r"\1/y\3".to_owned())
+        );
+        assert_eq!(
+            capture_groups("(a)(?:b)(?<n>c)(?<=d)(?P<e>f)[(](g)[]()]"),
+            4
+        );
+        refused(
+            &[("reqPathSearchReplace", r"^/(a),/\2")],
+            "reqPathSearchReplace",
+        );
+        refused(
+            &[("reqPathSearchReplace", "(a)(b)(c)(d)(e)(f)(g),/")],
+            "reqPathSearchReplace",
+        );
         for bad in [
             "^/a",
             "^/a,/b,/c",

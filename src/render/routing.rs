@@ -72,11 +72,10 @@ pub(super) fn backend_lines(b: &Backend, settings: &RenderSettings) -> Vec<Strin
             .iter()
             .map(|h| header_line("http-response", h)),
     );
-    out.extend(
-        r.path_rewrites
-            .iter()
-            .map(|p| format!("http-request replace-path '{}' '{}'", p.search, p.replace)),
-    );
+    out.extend(r.path_rewrites.iter().map(|p| {
+        let (regex, fmt) = p.haproxy_args();
+        format!("http-request replace-path '{regex}' '{fmt}'")
+    }));
     if r.sticky {
         out.push(format!(
             "cookie {} insert indirect nocache dynamic",
