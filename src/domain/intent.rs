@@ -504,6 +504,9 @@ impl ServiceIntent {
         let path_type = PathType::parse(&raw.path_type)?;
         let skip_check = parse_bool("skipCheck", &raw.skip_check)?;
         let routing_options = RoutingOptions::parse(&raw.routing, &domains)?;
+        if templates.is_some() {
+            routing::refuse_with_templates(&raw.routing)?;
+        }
         // Normalized, so that an intent read back from KV equals the one that was written.
         let mut raw = RawParams {
             skip_check: skip_check.to_string(),

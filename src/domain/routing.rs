@@ -516,7 +516,8 @@ fn parse_header_rules(
     value
         .split(',')
         .map(|entry| {
-            let entry = entry.trim();
+            // Only spaces around an entry are dropped; any other whitespace is refused below.
+            let entry = entry.trim_matches(' ');
             if op == HeaderOp::Del {
                 return Ok(HeaderRule {
                     op,
@@ -534,7 +535,7 @@ fn parse_header_rules(
             Ok(HeaderRule {
                 op,
                 name: HeaderName::new(param, name)?,
-                value: Some(HeaderValue::new(param, v.trim())?),
+                value: Some(HeaderValue::new(param, v.trim_matches(' '))?),
             })
         })
         .collect()
@@ -806,10 +807,10 @@ impl RoutingOptions {
                         "each entry must be <header>:<value>",
                     ));
                 };
-                let value = value.trim();
+                let value = value.trim_matches(' ');
                 check_quoted_token("serviceHeader", value, 1024)?;
                 service_headers.push(HeaderMatch {
-                    name: HeaderName::new("serviceHeader", name.trim())?,
+                    name: HeaderName::new("serviceHeader", name.trim_matches(' '))?,
                     value: HeaderPattern(value.to_owned()),
                 });
             }
@@ -920,6 +921,23 @@ impl RoutingOptions {
     /// True for TCP and SNI services, which have no HTTP routes.
     pub fn is_tcp(&self) -> bool {
         self.mode != ReqMode::Http
+    }
+}
+
+/// Refuses routing parameters on a service whose configuration comes from custom templates
+/// (they would be silently ignored).
+pub(super) fn refuse_with_templates(raw: &RoutingParams) -> Result<(), IntentError> {
+    match raw
+        .0
+        .iter()
+        .find(|(p, v)| !(**p == "reqMode" && v.eq_ignore_ascii_case("http")))
+    {
+        Some((param, value)) => Err(invalid(
+            param,
+            value,
+            "does not apply to a service with custom templates (write it in the template)",
+        )),
+        None => Ok(()),
     }
 }
 
