@@ -219,6 +219,20 @@ async fn path_rewrites_strip_a_prefix_and_survive_a_restart() {
     let keys = registry.kv_keys("docker-flow/api/").await;
     assert!(keys.contains(&"docker-flow/api/reqpathsearchreplace".to_owned()));
 
+    // A regex HAProxy cannot compile: 500 with its reason, the live rewrite stays.
+    let (status, body) = reconfigure(
+        &proxy,
+        &[
+            ("serviceName", "api"),
+            ("servicePath", "/api/v1"),
+            ("reqPathSearchReplace", "^/api/v1/(unclosed,/x"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+    let a = request(proxy.http_port, "localhost", "/api/v1/still", &[]).await;
+    assert!(a.body.starts_with("api /still\n"), "{a:?}");
+
     // A new flow-proxy recovers the rewrite from KV alone.
     proxy.stop().await;
     let proxy = Proxy::start(&registry, "docker-flow").await;
