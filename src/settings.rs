@@ -366,4 +366,27 @@ mod tests {
         assert!(!node_name_or_hostname(None).is_empty());
         assert!(!node_name_or_hostname(Some("  ")).is_empty());
     }
+
+    #[test]
+    fn global_users_and_sticky_key_are_checked() {
+        let server = |extra: &[&str]| {
+            let mut argv = vec!["flow-proxy", "server"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Server(args) => args,
+                _ => panic!("expected server"),
+            })
+        };
+        assert!(server(&["--users", "alice"]).is_err());
+        assert!(server(&["--users", "a:two words"]).is_err());
+        assert!(server(&["--sticky-key", "has space"]).is_err());
+        let args = server(&["--users", "a:b,c:d", "--users-pass-encrypted"]).unwrap();
+        let users = args.global_users().unwrap();
+        assert!(users.encrypted && users.users.len() == 2);
+        let args = server(&["--proxy-instance-name", "edge"]).unwrap();
+        assert!(args.global_users().is_none());
+        assert_eq!(args.sticky_key(), StickyKey::from_instance_name("edge"));
+        let args = server(&["--sticky-key", "k-1"]).unwrap();
+        assert_eq!(args.sticky_key().to_string(), "k-1");
+    }
 }
