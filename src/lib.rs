@@ -22,9 +22,9 @@
 
 pub mod access_log;
 pub mod api;
+pub mod certs;
 pub mod change_log;
 pub mod client;
-pub mod certs;
 pub mod consul;
 pub mod ctmpl;
 pub mod custom;

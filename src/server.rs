@@ -202,6 +202,8 @@ async fn run_proxy(
             .filter(|port| *port != 0)
             .map(|port| SocketAddr::new(args.bind_address, port)),
         tls: https_port.map(|_| certs.tls_bind()),
+        users: args.global_users(),
+        sticky_key: args.sticky_key(),
     };
     let options = ReconcilerOptions {
         plan: PlanSettings {
@@ -267,6 +269,7 @@ async fn run_proxy(
             config_path: paths.config().to_path_buf(),
             templates_root: args.templates_root.clone(),
             certs,
+            reserved_ports: vec![args.http_port, args.https_port],
         },
         api_stop.clone(),
     );

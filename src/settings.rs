@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::domain::tag_intent::TagPrefix;
+use crate::domain::{StickyKey, Users};
 use crate::plan::HealthFilter;
 
 /// `flow-proxy`: keeps HAProxy routing to every live instance that Consul knows about.
@@ -210,6 +211,19 @@ pub struct ServerArgs {
     /// SNI; read at start and every 10 s. A missing directory holds none.
     #[arg(long, env = "CERTS_DIR", default_value = "/certs")]
     pub certs_dir: PathBuf,
+    /// DFP's `USERS`: `user:pass,user2:pass2`, basic auth of every HTTP service that has no
+    /// `users` of its own.
+    #[arg(long, env = "USERS", value_parser = parse_users)]
+    pub users: Option<String>,
+
+    /// DFP's `USERS_PASS_ENCRYPTED`: the passwords of `USERS` are crypt(3) hashes.
+    #[arg(long, env = "USERS_PASS_ENCRYPTED", default_value_t = false)]
+    pub users_pass_encrypted: bool,
+
+    /// The dynamic-cookie secret of `sessionType=sticky-server`; replicas must share it.
+    /// Derived from `PROXY_INSTANCE_NAME` when unset.
+    #[arg(long, env = "STICKY_KEY", value_parser = parse_sticky_key)]
+    pub sticky_key: Option<StickyKey>,
 }
 
 /// The API's default port, DFP's.
@@ -229,6 +243,36 @@ impl ServerArgs {
 
 fn parse_tag_prefix(value: &str) -> Result<TagPrefix, String> {
     TagPrefix::new(value).map_err(|e| e.to_string())
+}
+
+impl ServerArgs {
+    /// The global `USERS`, validated (the syntax was checked when parsing the arguments).
+    pub fn global_users(&self) -> Option<Users> {
+        self.users
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .and_then(|u| Users::parse("USERS", u, self.users_pass_encrypted).ok())
+    }
+
+    /// `STICKY_KEY`, or the key derived from `PROXY_INSTANCE_NAME`.
+    pub fn sticky_key(&self) -> StickyKey {
+        self.sticky_key
+            .clone()
+            .unwrap_or_else(|| StickyKey::from_instance_name(&self.proxy_instance_name))
+    }
+}
+
+fn parse_users(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    Users::parse("USERS", value, false)
+        .map(|_| value.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_sticky_key(value: &str) -> Result<StickyKey, String> {
+    StickyKey::new(value).map_err(|e| e.to_string())
 }
 
 fn parse_health_filter(value: &str) -> Result<HealthFilter, String> {
@@ -381,5 +425,28 @@ mod tests {
         assert_eq!(node_name_or_hostname(Some(" edge-1 ")), "edge-1");
         assert!(!node_name_or_hostname(None).is_empty());
         assert!(!node_name_or_hostname(Some("  ")).is_empty());
+    }
+
+    #[test]
+    fn global_users_and_sticky_key_are_checked() {
+        let server = |extra: &[&str]| {
+            let mut argv = vec!["flow-proxy", "server"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Server(args) => args,
+                _ => panic!("expected server"),
+            })
+        };
+        assert!(server(&["--users", "alice"]).is_err());
+        assert!(server(&["--users", "a:two words"]).is_err());
+        assert!(server(&["--sticky-key", "has space"]).is_err());
+        let args = server(&["--users", "a:b,c:d", "--users-pass-encrypted"]).unwrap();
+        let users = args.global_users().unwrap();
+        assert!(users.encrypted && users.users.len() == 2);
+        let args = server(&["--proxy-instance-name", "edge"]).unwrap();
+        assert!(args.global_users().is_none());
+        assert_eq!(args.sticky_key(), StickyKey::from_instance_name("edge"));
+        let args = server(&["--sticky-key", "k-1"]).unwrap();
+        assert_eq!(args.sticky_key().to_string(), "k-1");
     }
 }

@@ -263,7 +263,79 @@ fn cases() -> Vec<(&'static str, Plan, RenderSettings)> {
         &s,
     );
     out.push(("slot_growth", grown, settings()));
+    out.push(routing_case());
     out
+}
+
+/// Every per-service routing parameter, plus the global `USERS`.
+fn routing_case() -> (&'static str, Plan, RenderSettings) {
+    let ints = intents(vec![
+        intent(&[
+            ("serviceName", "api"),
+            ("servicePath", "/api/v1"),
+            ("reqPathSearchReplace", "^/api/v1/(.*),/\\1:^/x$,/y"),
+            ("reqPathSearch", "^/old/"),
+            ("reqPathReplace", "/new/"),
+            ("users", "alice:s3cret$,bob:pw"),
+            ("sessionType", "sticky-server"),
+            ("addReqHeader", "X-Added one two,X-Other v"),
+            ("setReqHeader", "X-Set yes"),
+            ("delReqHeader", "X-Gone"),
+            ("addResHeader", "X-Res-Added a"),
+            ("setResHeader", "Cache-Control no-cache"),
+            ("delResHeader", "Server"),
+            ("timeoutServer", "60"),
+            ("timeoutTunnel", "3600"),
+        ]),
+        intent(&[
+            ("serviceName", "hashed"),
+            ("servicePath", "/hashed"),
+            (
+                "users",
+                "carol:$6$salt$IxDD3jeSOb5eB1CX5LBsqZFVkJdido3OUILO5Ifz5iwMuTS4XMS130MTSuDDl3aCI6WouIL9AjRbLCelDCy.g.",
+            ),
+            ("usersPassEncrypted", "true"),
+        ]),
+        intent(&[
+            ("serviceName", "v3"),
+            ("servicePath", "/"),
+            ("serviceHeader", "X-Version:3,name:Viktor"),
+            ("serviceDomain", "new.example.com"),
+            ("redirectFromDomain", "old.example.com,*.older.example.com"),
+        ]),
+        intent(&[
+            ("serviceName", "fallback"),
+            ("servicePath", "/fallback"),
+            ("isDefaultBackend", "true"),
+        ]),
+        intent(&[
+            ("serviceName", "db"),
+            ("reqMode", "tcp"),
+            ("srcPort", "5432"),
+            ("timeoutServer", "600"),
+        ]),
+        intent(&[
+            ("serviceName", "tls-a"),
+            ("reqMode", "sni"),
+            ("srcPort", "8443"),
+            ("serviceDomain", "a.example.com,*.a.example.org"),
+        ]),
+        intent(&[
+            ("serviceName", "tls-b"),
+            ("reqMode", "sni"),
+            ("srcPort", "8443"),
+            ("serviceDomain", "b.example.com"),
+        ]),
+    ]);
+    let names = ["api", "hashed", "v3", "fallback", "db", "tls-a", "tls-b"];
+    let list: Vec<(&str, Vec<Instance>)> = names
+        .iter()
+        .map(|n| (*n, instances(n, 2, Health::Passing)))
+        .collect();
+    let mut s = settings();
+    s.users = Some(flow_proxy::domain::Users::parse("USERS", "admin:admin-pw", false).unwrap());
+    s.sticky_key = flow_proxy::domain::StickyKey::new("shared-secret").unwrap();
+    ("routing", one(ints, catalog(&list)), s)
 }
 
 #[tokio::test]

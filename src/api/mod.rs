@@ -33,6 +33,8 @@ use crate::domain::{ReconfigureEcho, ServiceIntent, ServiceName};
 use crate::intent_store::IntentStore;
 use crate::reconcile::{ApplyError, ReconcilerHandle, chain};
 
+mod routing;
+
 /// DFP's message for `remove` without `serviceName`.
 pub const REMOVE_MANDATORY_MESSAGE: &str = "The serviceName query is mandatory";
 
@@ -49,6 +51,8 @@ pub struct ApiState {
     pub templates_root: PathBuf,
     /// TLS certificates (`cert` and `certs`).
     pub certs: crate::certs::CertStore,
+    /// Ports no TCP or SNI service may take (`HTTP_PORT`, `HTTPS_PORT`).
+    pub reserved_ports: Vec<u16>,
 }
 
 /// Every way a request can fail, mapped to a status code in one place.
@@ -112,6 +116,9 @@ pub struct ResponseBody {
     https_only: bool,
     #[serde(rename = "HttpsRedirectCode")]
     https_redirect_code: String,
+    /// The routing parameters that were given (`Users`, `ReqMode`, ...), after `SkipCheck`.
+    #[serde(flatten)]
+    routing: serde_json::Map<String, serde_json::Value>,
 }
 
 impl From<ReconfigureEcho> for ResponseBody {
@@ -129,6 +136,7 @@ impl From<ReconfigureEcho> for ResponseBody {
             skip_check: e.skip_check,
             https_only: e.https_only,
             https_redirect_code: e.https_redirect_code,
+            routing: routing::echo_fields(e.routing),
         }
     }
 }
@@ -303,6 +311,8 @@ async fn reconfigure(params: &Params, state: &ApiState) -> Result<ReconfigureEch
     // A route declared by tags is not the API's: a failed reconfigure removes the API intent
     // and the tags apply again.
     let status = state.reconciler.status();
+    crate::domain::check_conflicts(&intent, status.intents.values(), &state.reserved_ports)
+        .map_err(bad)?;
     let previous = (!status.tag_routed.contains(&intent.name))
         .then(|| status.intents.get(&intent.name).cloned())
         .flatten();

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::routing::{self, EchoValue, RoutingOptions, RoutingParams};
 use super::{RedirectCode, ServiceName, ValidationError};
 
 /// DFP's exact message for a request without enough parameters.
@@ -355,6 +356,8 @@ pub struct RawParams {
     pub https_only: String,
     /// `httpsRedirectCode`.
     pub https_redirect_code: String,
+    /// The routing parameters of later DFP versions (`users`, `reqMode`, ...).
+    pub routing: RoutingParams,
 }
 
 impl RawParams {
@@ -373,6 +376,7 @@ impl RawParams {
             consul_template_be_path: get("consulTemplateBePath"),
             https_only: get("httpsOnly"),
             https_redirect_code: get("httpsRedirectCode"),
+            routing: RoutingParams::from_params(params),
         }
     }
 }
@@ -413,6 +417,8 @@ pub struct ServiceIntent {
     pub templates: Option<CustomTemplates>,
     /// `httpsOnly`: plain HTTP requests routed here are redirected to HTTPS with this code.
     pub https_redirect: Option<RedirectCode>,
+    /// Rewrites, auth, stickiness, headers, timeouts, TCP/SNI mode.
+    pub routing: RoutingOptions,
     /// The parameters as received, for the echo and the KV encoding.
     pub raw: RawParams,
 }
@@ -471,7 +477,7 @@ impl ServiceIntent {
             (Some(w), _, _) => Some(CustomTemplates::Whole(w)),
             _ => None,
         };
-        if raw.service_path.is_none() && templates.is_none() {
+        if raw.service_path.is_none() && templates.is_none() && !routing::wants_tcp(&raw.routing) {
             return Err(IntentError::Mandatory);
         }
         let name = ServiceName::new(raw.service_name.as_str())
@@ -514,12 +520,17 @@ impl ServiceIntent {
                 invalid("httpsRedirectCode", c, "must be 301, 302, 303, 307 or 308")
             })?,
         };
+        let routing_options = RoutingOptions::parse(&raw.routing, &domains)?;
+        if templates.is_some() {
+            routing::refuse_with_templates(&raw.routing)?;
+        }
         // Normalized, so that an intent read back from KV equals the one that was written.
-        let raw = RawParams {
+        let mut raw = RawParams {
             skip_check: skip_check.to_string(),
             https_only: https_only.to_string(),
             ..raw
         };
+        routing::normalize(&mut raw.routing, &routing_options);
         Ok(ServiceIntent {
             name,
             color,
@@ -530,6 +541,7 @@ impl ServiceIntent {
             skip_check,
             templates,
             https_redirect: https_only.then_some(code),
+            routing: routing_options,
             raw,
         })
     }
@@ -551,11 +563,13 @@ impl ServiceIntent {
             r.https_only.clone(),
             r.https_redirect_code.clone(),
         ];
-        KV_KEYS
+        let mut pairs: Vec<(String, String)> = KV_KEYS
             .iter()
             .zip(values)
             .map(|(k, v)| ((*k).to_owned(), v))
-            .collect()
+            .collect();
+        pairs.extend(self.raw.routing.kv_pairs());
+        pairs
     }
 
     /// Rebuilds an intent from the KV values of one service (`key suffix → value`; missing
@@ -577,6 +591,7 @@ impl ServiceIntent {
             consul_template_be_path: get("consultemplatebepath"),
             https_only: get("httpsonly"),
             https_redirect_code: get("httpsredirectcode"),
+            routing: RoutingParams::from_kv(values),
         };
         Self::from_raw(raw)
     }
@@ -623,6 +638,8 @@ pub struct ReconfigureEcho {
     pub https_only: bool,
     /// `HttpsRedirectCode`, as given.
     pub https_redirect_code: String,
+    /// The routing parameters that were given, DFP's field names (after `SkipCheck`).
+    pub routing: Vec<(&'static str, EchoValue)>,
 }
 
 impl ReconfigureEcho {
@@ -644,6 +661,7 @@ impl ReconfigureEcho {
             skip_check: parse_bool("skipCheck", &raw.skip_check).unwrap_or(false),
             https_only: parse_bool("httpsOnly", &raw.https_only).unwrap_or(false),
             https_redirect_code: raw.https_redirect_code.clone(),
+            routing: routing::routing_echo(&raw.routing),
         }
     }
 
@@ -865,7 +883,7 @@ mod tests {
         .unwrap();
         let pairs = i.to_kv_pairs();
         let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, KV_KEYS);
+        assert_eq!(keys[..KV_KEYS.len()], KV_KEYS);
         let map: BTreeMap<String, String> = pairs.into_iter().collect();
         assert_eq!(map["path"], "/demo/hello,/demo/person");
         assert_eq!(map["domain"], "My-Domain.com");

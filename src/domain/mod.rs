@@ -13,8 +13,9 @@ mod cert_name;
 mod health;
 mod intent;
 mod names;
-pub mod tag_intent;
 mod redirect;
+mod routing;
+pub mod tag_intent;
 
 pub use catalog::{CatalogSnapshot, Instance, Weights};
 pub use cert_name::{CertName, CertNameError};
@@ -25,3 +26,9 @@ pub use intent::{
 };
 pub use names::{InstanceId, MetaKey, MetaValue, NodeName, ServiceName, Tag, ValidationError};
 pub use redirect::RedirectCode;
+pub use routing::{
+    EchoValue, HeaderMatch, HeaderName, HeaderOp, HeaderRule, HeaderValue, Password, PathRegex,
+    PathReplacement, PathRewrite, ROUTING_PARAMS, ReqMode, RoutingOptions, RoutingParams,
+    SRC_PORT_MANDATORY, StickyKey, StickyKeyError, User, UserName, Users, check_conflicts,
+    routing_echo,
+};

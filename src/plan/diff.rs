@@ -2,8 +2,9 @@
 //!
 //! Owns: [`diff()`], which decides whether two plans differ only in slot contents (addresses,
 //! ports, weights, states: [`Change::Runtime`] commands for HAProxy's runtime API) or in
-//! structure (services, routes, check flags, slot counts, settings: [`Change::Reload`]), and
-//! the text of those runtime commands, built only from validated types.
+//! structure (services, routes, check flags, slot counts, routing options, settings:
+//! [`Change::Reload`]), and the text of those runtime commands, built only from validated
+//! types.
 //!
 //! Pure: no IO. Sending the commands is the caller's job.
 
@@ -149,6 +150,7 @@ fn same_structure(a: &Plan, b: &Plan) -> bool {
                     && x.check == y.check
                     && x.slots.len() == y.slots.len()
                     && x.https_redirect == y.https_redirect
+                    && x.routing == y.routing
             })
 }
 
@@ -500,5 +502,36 @@ mod tests {
             live = desired;
         }
         assert!(runtime_rounds > 100, "{runtime_rounds}");
+    }
+
+    #[test]
+    fn routing_options_are_structural_and_churn_stays_runtime() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![("serviceName", "web"), ("servicePath", "/")];
+            pairs.extend_from_slice(extra);
+            intents(vec![intent(&pairs)])
+        };
+        let s = PlanSettings::default();
+        let one = cat(&[("a", "10.0.0.1", 80, Health::Passing)]);
+        let two = cat(&[
+            ("a", "10.0.0.1", 80, Health::Passing),
+            ("b", "10.0.0.2", 80, Health::Passing),
+        ]);
+        let sticky = with(&[("sessionType", "sticky-server"), ("users", "a:b")]);
+        let p1 = plan(&sticky, &one, &SlotTable::default(), &s);
+        let p2 = plan(&sticky, &two, &p1.slots, &s);
+        assert!(matches!(diff(&p1, &p2), Change::Runtime(_)));
+        for other in [
+            with(&[]),
+            with(&[("sessionType", "sticky-server"), ("users", "a:c")]),
+            with(&[
+                ("sessionType", "sticky-server"),
+                ("users", "a:b"),
+                ("timeoutServer", "9"),
+            ]),
+        ] {
+            let p3 = plan(&other, &one, &p1.slots, &s);
+            assert_eq!(diff(&p1, &p3), Change::Reload);
+        }
     }
 }

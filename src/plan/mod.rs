@@ -15,8 +15,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::domain::{
-    CatalogSnapshot, DomainName, Health, PathPattern, PathType, RedirectCode, ServiceIntent,
-    ServiceName,
+    CatalogSnapshot, DomainName, Health, PathPattern, PathType, RedirectCode, RoutingOptions,
+    ServiceIntent, ServiceName,
 };
 
 pub use diff::{Change, RuntimeCommand, ServerAdminState, diff};
@@ -156,6 +156,8 @@ pub struct Backend {
     pub slots: Vec<Slot>,
     /// `httpsOnly`: plain HTTP requests are redirected to HTTPS with this code.
     pub https_redirect: Option<RedirectCode>,
+    /// Rewrites, auth, stickiness, headers, timeouts, TCP/SNI mode (a change is structural).
+    pub routing: RoutingOptions,
 }
 
 /// How the `Host` header must match for a route.
@@ -201,6 +203,8 @@ pub struct Route {
     pub pattern: PathPattern,
     /// Host restriction, if any (ACL `host_<svc>`).
     pub host: Option<HostMatch>,
+    /// The service also requires request headers (`serviceHeader`, ACLs `hdr_<svc>_<i>`).
+    pub header_match: bool,
 }
 
 /// The desired HAProxy model.
@@ -254,8 +258,13 @@ pub fn plan(
                 check: !intent.skip_check,
                 slots,
                 https_redirect: intent.https_redirect,
+                routing: intent.routing.clone(),
             },
         );
+        if intent.routing.is_tcp() {
+            // Reached through its own frontend on `srcPort`, not through HTTP routes.
+            continue;
+        }
         let host = HostMatch::from_domains(&intent.domains);
         for (index, pattern) in intent.paths.iter().enumerate() {
             routes.push(Route {
@@ -265,6 +274,7 @@ pub fn plan(
                 path_type: intent.path_type,
                 pattern: pattern.clone(),
                 host: host.clone(),
+                header_match: !intent.routing.service_headers.is_empty(),
             });
         }
     }
@@ -278,11 +288,21 @@ pub fn plan(
     }
 }
 
-/// Specificity order: host-specific first, `/` last, longer patterns first, then by service
-/// name and pattern.
-fn route_key(r: &Route) -> (bool, bool, std::cmp::Reverse<usize>, &ServiceName, usize) {
+/// Specificity order: host-specific first, then header-specific, `/` last, longer patterns
+/// first, then by service name and pattern.
+fn route_key(
+    r: &Route,
+) -> (
+    bool,
+    bool,
+    bool,
+    std::cmp::Reverse<usize>,
+    &ServiceName,
+    usize,
+) {
     (
         r.host.is_none(),
+        !r.header_match,
         r.pattern.is_root(),
         std::cmp::Reverse(r.pattern.as_str().len()),
         &r.service,

@@ -17,6 +17,7 @@
 //! The one exception to validated input is [`CustomSnippets`]: the text of an operator's own
 //! custom templates (rendered elsewhere), inserted verbatim by [`render_with_custom`].
 
+mod routing;
 mod slot_lines;
 mod tls;
 
@@ -30,7 +31,7 @@ use askama::Template;
 
 use std::collections::BTreeMap;
 
-use crate::domain::ServiceName;
+use crate::domain::{ServiceName, StickyKey, Users};
 use crate::plan::{Backend, PARKED_ADDR, PARKED_PORT, Plan, ServerState};
 
 /// DFP's `TIMEOUT_*` settings, in seconds.
@@ -132,6 +133,10 @@ pub struct RenderSettings {
     pub metrics: Option<SocketAddr>,
     /// TLS termination on `https_port`; `None`: plain HTTP there.
     pub tls: Option<TlsBind>,
+    /// The global `USERS`: basic auth of every HTTP service without its own `users`.
+    pub users: Option<Users>,
+    /// The dynamic-cookie secret of `sessionType=sticky-server`, shared by replicas.
+    pub sticky_key: StickyKey,
 }
 
 impl Default for RenderSettings {
@@ -148,6 +153,8 @@ impl Default for RenderSettings {
             health: None,
             metrics: None,
             tls: None,
+            users: None,
+            sticky_key: StickyKey::default(),
         }
     }
 }
@@ -204,10 +211,14 @@ struct RouteView {
     host: bool,
     /// A host-less `/` route: emitted after custom frontend snippets.
     catch_all: bool,
+    /// Further conditions of the `use_backend` line (`serviceHeader` ACLs), each with a
+    /// leading space.
+    extra: String,
 }
 
 struct BackendView {
     name: String,
+    lines: Vec<String>,
     servers: Vec<String>,
     https_redirect: Option<u16>,
 }
@@ -228,6 +239,9 @@ struct ConfigView<'a> {
     custom_backends: Vec<&'a str>,
     health: Option<String>,
     metrics: Option<String>,
+    frontend_lines: Vec<String>,
+    default_backend: String,
+    extra_sections: Vec<String>,
 }
 
 /// Configuration text of a service that uses custom templates, already rendered by the caller.
@@ -332,7 +346,8 @@ pub fn render_with_custom(
             pattern: r.pattern.to_string(),
             backend: r.backend.to_string(),
             host: r.host.is_some(),
-            catch_all: r.host.is_none() && r.pattern.is_root(),
+            catch_all: r.host.is_none() && !r.header_match && r.pattern.is_root(),
+            extra: routing::route_conditions(plan, &r.service),
         })
         .collect();
     let backends = plan
@@ -340,6 +355,7 @@ pub fn render_with_custom(
         .values()
         .map(|b| BackendView {
             name: b.name.to_string(),
+            lines: routing::backend_lines(b, settings),
             servers: server_lines(b),
             https_redirect: b.https_redirect.map(|c| c.get()),
         })
@@ -358,6 +374,9 @@ pub fn render_with_custom(
         custom_backends,
         health: settings.health.map(|h| h.to_string()),
         metrics: settings.metrics.map(|m| m.to_string()),
+        frontend_lines: routing::frontend_lines(plan),
+        default_backend: routing::default_backend(plan),
+        extra_sections: routing::extra_sections(plan, settings),
     };
     let mut out = view.render()?;
     if !out.ends_with('\n') {
