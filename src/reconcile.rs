@@ -27,7 +27,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::consul::{ConsulClient, Interest};
+use crate::consul::{ConsulClient, Interest, ServiceTags};
 use crate::custom::{CustomTemplates, merge::shared_ports};
 use crate::domain::{
     CatalogSnapshot, CustomTemplates as TemplateSpec, Instance, ServiceIntent, ServiceName,
@@ -187,6 +187,9 @@ pub struct ReconcilerInputs {
     pub interest: watch::Sender<Interest>,
     /// Intents changed in KV (by this replica or another one).
     pub intents: watch::Receiver<Option<Arc<Intents>>>,
+    /// The catalog's service list from the catalog watcher, for custom templates reading
+    /// `services`.
+    pub service_list: watch::Receiver<Arc<ServiceTags>>,
 }
 
 struct Live {
@@ -247,6 +250,7 @@ impl Reconciler {
             options.templates_root.clone(),
             shared_ports(options.render.http_port, options.render.https_port),
             inputs.client.clone(),
+            inputs.service_list.clone(),
         );
         let metrics = options.metrics.clone();
         let reconciler = Reconciler {

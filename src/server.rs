@@ -188,6 +188,7 @@ async fn run_proxy(
         render,
         stop_haproxy_on_exit: args.stop_haproxy_on_exit,
         templates_root: args.templates_root.clone(),
+        resync_interval: Duration::from_secs(args.resync_interval),
         ..ReconcilerOptions::default()
     };
     let supervisor = Supervisor::new(
@@ -199,7 +200,7 @@ async fn run_proxy(
     );
 
     let (interest_tx, interest_rx) = watch::channel(Interest::Services(BTreeSet::new()));
-    let catalog = CatalogWatcher::spawn(
+    let (catalog, service_list) = CatalogWatcher::spawn_with_service_list(
         client.clone(),
         interest_rx,
         CatalogWatcherOptions::default(),
@@ -216,6 +217,7 @@ async fn run_proxy(
             catalog,
             interest: interest_tx,
             intents,
+            service_list,
         },
         reconciler_stop.clone(),
     );

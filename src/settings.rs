@@ -176,6 +176,12 @@ pub struct ServerArgs {
     /// next flow-proxy on the same data directory adopts it).
     #[arg(long, env = "STOP_HAPROXY_ON_EXIT", default_value_t = false)]
     pub stop_haproxy_on_exit: bool,
+
+    /// Seconds between two resyncs of the reconciler: HAProxy checked, the data of every
+    /// custom template read again, and a level-triggered apply.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_interval: u64,
 }
 
 /// The API's default port, DFP's.

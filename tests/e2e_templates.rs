@@ -495,3 +495,76 @@ async fn a_template_missing_at_start_does_not_keep_the_others_down() {
     expect_bodies(&second, "/demo/hello", &["templated"]).await;
     second.stop().await;
 }
+
+/// Registers one instance of `name` with `tags` on 127.0.0.1, answering `body`.
+async fn register_tagged(registry: &Registry, name: &str, id: &str, tags: &[&str], body: &str) {
+    let port = backend(body).await;
+    registry
+        .client
+        .agent_register(&flow_proxy::consul::ServiceRegistration {
+            id: id.into(),
+            name: name.into(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            address: "127.0.0.1".into(),
+            port,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_service_in_the_list_is_rendered_without_waiting_for_the_resync() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    // One route and one backend per service tagged `web`, found through `services`.
+    let path = write(
+        root.path(),
+        "list.tmpl",
+        "frontend all\n    bind *:80\n{{- range services }}{{ if in .Tags \"web\" }}\n    acl url_{{ .Name }} path_beg /{{ .Name }}\n    use_backend {{ .Name }}-be if url_{{ .Name }}\n{{- end }}{{ end }}\n{{ range services }}{{ if in .Tags \"web\" }}\nbackend {{ .Name }}-be\n{{- range service .Name }}\n    server s{{ .Port }} {{ .Address }}:{{ .Port }}\n{{- end }}\n{{ end }}{{ end }}",
+    );
+    let registry = Registry::start().await;
+    // The resync would re-read the list too: push it out of the test's reach, so only the
+    // services feed can bring the change.
+    let mut proxy = Proxy::start_with(
+        &registry,
+        "docker-flow",
+        &[
+            "--templates-root".to_owned(),
+            root.path().display().to_string(),
+            "--resync-interval".to_owned(),
+            "3600".to_owned(),
+        ],
+    )
+    .await;
+    register_tagged(&registry, "alpha", "alpha-1", &["web"], "alpha").await;
+    let (status, body) = proxy
+        .call(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=list&consulTemplatePath={path}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        proxy.get("localhost", "/alpha").await,
+        (200, "alpha\n".to_owned())
+    );
+    // A service that appears in the list is routed with no further call.
+    register_tagged(&registry, "gamma", "gamma-1", &["web"], "gamma").await;
+    wait_until("the new service of the list is live", || async {
+        proxy.get("localhost", "/gamma").await == (200, "gamma\n".to_owned())
+    })
+    .await;
+    // A retag that takes a service out of the list's selection removes its route.
+    register_tagged(&registry, "gamma", "gamma-1", &["internal"], "gamma").await;
+    wait_until("the retagged service is gone", || async {
+        proxy.get("localhost", "/gamma").await.0 == 503
+    })
+    .await;
+    assert_eq!(
+        proxy.get("localhost", "/alpha").await,
+        (200, "alpha\n".to_owned())
+    );
+    proxy.stop().await;
+}

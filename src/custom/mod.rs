@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::consul::{ConsulClient, WatchOptions};
+use crate::consul::{ConsulClient, ServiceTags, WatchOptions};
 use crate::ctmpl::{
     CatalogService, DataError, DataSource, Dependencies, KvPair, ServiceEntry, Template,
 };
@@ -173,7 +173,9 @@ struct DataCache {
     /// Every instance of a service, whatever its health, with the catalog watcher's view of it
     /// when it was read (a different view later means "read again").
     services: BTreeMap<String, (Vec<ServiceEntry>, Option<Vec<Instance>>)>,
-    catalog: Option<Vec<CatalogService>>,
+    /// The service list, with the catalog watcher's list when it was read (a different list
+    /// later means "read again").
+    catalog: Option<(Vec<CatalogService>, Arc<ServiceTags>)>,
     keys: BTreeMap<String, Option<KvPair>>,
     prefixes: BTreeMap<String, Vec<KvPair>>,
 }
@@ -219,7 +221,7 @@ impl DataSource for CacheSource<'_> {
 
     fn services(&self) -> Result<Vec<CatalogService>, DataError> {
         match &self.data.catalog {
-            Some(list) => Ok(list.clone()),
+            Some((list, _)) => Ok(list.clone()),
             None => {
                 self.misses.borrow_mut().catalog = true;
                 Ok(Vec::new())
@@ -273,6 +275,10 @@ pub struct CustomTemplates {
     /// as seen, so the comparison is made against this number instead.
     kv_seen: u64,
     kv_watches: BTreeMap<(String, bool), CancellationToken>,
+    /// The catalog watcher's service list (its services feed), followed while a template
+    /// reads `services`.
+    service_list: watch::Receiver<Arc<ServiceTags>>,
+    service_list_open: bool,
     cancel: CancellationToken,
 }
 
@@ -284,8 +290,14 @@ impl Drop for CustomTemplates {
 
 impl CustomTemplates {
     /// Templates read from `root`; frontends binding one of `shared_ports` are merged into the
-    /// shared frontend.
-    pub fn new(root: PathBuf, shared_ports: Vec<u16>, client: ConsulClient) -> Self {
+    /// shared frontend. `service_list` is the catalog watcher's service list: a change of it
+    /// makes templates that read `services` read the list again.
+    pub fn new(
+        root: PathBuf,
+        shared_ports: Vec<u16>,
+        client: ConsulClient,
+        service_list: watch::Receiver<Arc<ServiceTags>>,
+    ) -> Self {
         let (kv_tx, kv_rx) = watch::channel(0);
         CustomTemplates {
             root,
@@ -298,6 +310,8 @@ impl CustomTemplates {
             kv_rx,
             kv_seen: 0,
             kv_watches: BTreeMap::new(),
+            service_list,
+            service_list_open: true,
             cancel: CancellationToken::new(),
         }
     }
@@ -317,10 +331,22 @@ impl CustomTemplates {
         self.refresh_all = true;
     }
 
-    /// Resolves when a KV key or prefix read by a template changed.
+    /// Resolves when a KV key or prefix read by a template changed, or when the catalog's
+    /// service list changed while a template reads it.
     pub async fn kv_changed(&mut self) {
-        if self.kv_rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
+        let follow_list = self.service_list_open && self.data.catalog.is_some();
+        tokio::select! {
+            r = self.kv_rx.changed() => {
+                if r.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            r = self.service_list.changed(), if follow_list => {
+                if r.is_err() {
+                    self.service_list_open = false;
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
 
@@ -410,10 +436,16 @@ impl CustomTemplates {
                 warn!(service = %name, error = %e, "cannot read a service for custom templates; keeping the last read");
             }
         }
-        if all && self.data.catalog.is_some() {
+        let list_moved = self
+            .data
+            .catalog
+            .as_ref()
+            .is_some_and(|(_, seen)| **seen != **self.service_list.borrow());
+        if (all && self.data.catalog.is_some()) || list_moved {
             changed = true;
+            let seen = Arc::clone(&self.service_list.borrow());
             match self.client.template_services().await {
-                Ok(list) => self.data.catalog = Some(list),
+                Ok(list) => self.data.catalog = Some((list, seen)),
                 Err(e) => warn!(error = %e, "cannot read the service list for custom templates"),
             }
         }
@@ -462,12 +494,13 @@ impl CustomTemplates {
                 .map_err(|e| format!("cannot read service {name:?} from Consul: {e}"))?;
         }
         if misses.catalog {
+            let seen = Arc::clone(&self.service_list.borrow());
             let list = self
                 .client
                 .template_services()
                 .await
                 .map_err(|e| format!("cannot read the service list from Consul: {e}"))?;
-            self.data.catalog = Some(list);
+            self.data.catalog = Some((list, seen));
         }
         for key in misses.keys {
             let v = self
