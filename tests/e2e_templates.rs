@@ -44,7 +44,14 @@ async fn start(registry: &Registry, root: &Path) -> Proxy {
     Proxy::start_with(
         registry,
         "docker-flow",
-        &["--templates-root".to_owned(), root.display().to_string()],
+        &[
+            "--templates-root".to_owned(),
+            root.display().to_string(),
+            // The resync re-reads every template's data: push it out of the tests' reach, so
+            // only the watches can bring a change.
+            "--resync-interval".to_owned(),
+            "3600".to_owned(),
+        ],
     )
     .await
 }
@@ -526,19 +533,8 @@ async fn a_new_service_in_the_list_is_rendered_without_waiting_for_the_resync() 
         "frontend all\n    bind *:80\n{{- range services }}{{ if in .Tags \"web\" }}\n    acl url_{{ .Name }} path_beg /{{ .Name }}\n    use_backend {{ .Name }}-be if url_{{ .Name }}\n{{- end }}{{ end }}\n{{ range services }}{{ if in .Tags \"web\" }}\nbackend {{ .Name }}-be\n{{- range service .Name }}\n    server s{{ .Port }} {{ .Address }}:{{ .Port }}\n{{- end }}\n{{ end }}{{ end }}",
     );
     let registry = Registry::start().await;
-    // The resync would re-read the list too: push it out of the test's reach, so only the
-    // services feed can bring the change.
-    let mut proxy = Proxy::start_with(
-        &registry,
-        "docker-flow",
-        &[
-            "--templates-root".to_owned(),
-            root.path().display().to_string(),
-            "--resync-interval".to_owned(),
-            "3600".to_owned(),
-        ],
-    )
-    .await;
+    // `start` pushes the resync out of reach: only the services feed can bring the change.
+    let mut proxy = start(&registry, root.path()).await;
     register_tagged(&registry, "alpha", "alpha-1", &["web"], "alpha").await;
     let (status, body) = proxy
         .call(&format!(

@@ -48,5 +48,6 @@ pub use kv::{KvKey, KvPair, KvPrefix};
 pub use kv_watch::{kv_prefix_query, watch_kv_prefix};
 pub use rate_limit::TokenBucket;
 pub use resolve::{Resolver, SystemResolver};
+pub use template_data::watch_template_kv;
 pub use transport::{Blocking, GetRequest, RawResponse, Transport};
 pub use txn::{MAX_TXN_OPS, TxnOp};

@@ -18,7 +18,7 @@ use super::blocking::{BlockingQuery, WatchHandle, WatchOptions, spawn_watch};
 use super::catalog::require_ok;
 use super::error::ConsulError;
 use super::kv::{KvPair, decode_kv_list, kv_segments};
-use super::transport::GetRequest;
+use super::transport::{GetRequest, Transport};
 use super::wire::{CatalogServicesWire, HealthEntryWire};
 
 fn convert_entry(e: HealthEntryWire) -> ServiceEntry {
@@ -146,7 +146,19 @@ impl super::ConsulClient {
         options: WatchOptions,
         cancel: CancellationToken,
     ) -> WatchHandle<Vec<KvPair>> {
-        let query = BlockingQuery::new(kv_request(path, recurse), options.wait, decode_kv_list);
-        spawn_watch(Arc::new(self.clone()), query, options, cancel)
+        watch_template_kv(Arc::new(self.clone()), path, recurse, options, cancel)
     }
+}
+
+/// [`super::ConsulClient::watch_template_kv`] over any transport. An empty `path` with
+/// `recurse` watches the whole KV store.
+pub fn watch_template_kv(
+    transport: Arc<dyn Transport>,
+    path: &str,
+    recurse: bool,
+    options: WatchOptions,
+    cancel: CancellationToken,
+) -> WatchHandle<Vec<KvPair>> {
+    let query = BlockingQuery::new(kv_request(path, recurse), options.wait, decode_kv_list);
+    spawn_watch(transport, query, options, cancel)
 }

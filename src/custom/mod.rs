@@ -3,19 +3,21 @@
 //!
 //! Owns: resolving a template path inside `TEMPLATES_ROOT` (after symlinks), reading and
 //! parsing the files ([`load`]), the cache of the Consul data templates read (instances with
-//! their checks, the service list, KV keys and prefixes), one blocking watch per KV key or
-//! prefix a template reads, the fetch rounds of a render, and the rendered
+//! their checks, the service list, KV keys and prefixes), the one KV watch shared by every key
+//! and prefix the templates read ([`kv_deps`]), the fetch rounds of a render, and the rendered
 //! [`CustomSnippets`] of every service, with the merge rule of [`merge`].
 //!
 //! The reconciler drives it: [`CustomTemplates::prepare`] before each apply, then
 //! [`CustomTemplates::snippets`] while rendering. Services a template reads are added to the
 //! catalog watcher's interest by the reconciler ([`CustomTemplates::services_read`]); a change
-//! of their instances in the watcher's snapshot makes the next `prepare` read them again. KV
-//! keys and prefixes are followed by their own watches, which wake the reconciler.
+//! of their instances in the watcher's snapshot makes the next `prepare` read them again, and a
+//! change of the watcher's service list does the same for `services`. KV keys and prefixes are
+//! followed by one shared watch, which marks the reads that moved and wakes the reconciler.
 //!
 //! Must not: talk to HAProxy, build the rest of the configuration, or write to Consul. The
 //! language itself lives in `ctmpl`, which stays pure: files and Consul are read here.
 
+pub mod kv_deps;
 pub mod merge;
 
 use std::cell::RefCell;
@@ -33,6 +35,7 @@ use crate::ctmpl::{
 };
 use crate::domain::{CatalogSnapshot, CustomTemplates as Spec, Instance, ServiceName};
 use crate::render::CustomSnippets;
+use kv_deps::KvDep;
 
 /// Why a custom template cannot be used. Shown to the API caller as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -269,12 +272,11 @@ pub struct CustomTemplates {
     entries: BTreeMap<(ServiceName, Spec), Entry>,
     data: DataCache,
     refresh_all: bool,
-    kv_tx: watch::Sender<u64>,
-    kv_rx: watch::Receiver<u64>,
-    /// The KV generation the cache was last read at; `kv_changed` marks the receiver's value
-    /// as seen, so the comparison is made against this number instead.
-    kv_seen: u64,
-    kv_watches: BTreeMap<(String, bool), CancellationToken>,
+    /// KV reads whose values moved since they were read, marked by the shared KV watch.
+    kv_dirty: watch::Sender<BTreeSet<KvDep>>,
+    kv_dirty_rx: watch::Receiver<BTreeSet<KvDep>>,
+    /// The shared KV watch: the reads it follows, and its stop.
+    kv_watch: Option<(BTreeSet<KvDep>, CancellationToken)>,
     /// The catalog watcher's service list (its services feed), followed while a template
     /// reads `services`.
     service_list: watch::Receiver<Arc<ServiceTags>>,
@@ -298,7 +300,7 @@ impl CustomTemplates {
         client: ConsulClient,
         service_list: watch::Receiver<Arc<ServiceTags>>,
     ) -> Self {
-        let (kv_tx, kv_rx) = watch::channel(0);
+        let (kv_dirty, kv_dirty_rx) = watch::channel(BTreeSet::new());
         CustomTemplates {
             root,
             shared_ports,
@@ -306,10 +308,9 @@ impl CustomTemplates {
             entries: BTreeMap::new(),
             data: DataCache::default(),
             refresh_all: false,
-            kv_tx,
-            kv_rx,
-            kv_seen: 0,
-            kv_watches: BTreeMap::new(),
+            kv_dirty,
+            kv_dirty_rx,
+            kv_watch: None,
             service_list,
             service_list_open: true,
             cancel: CancellationToken::new(),
@@ -336,7 +337,7 @@ impl CustomTemplates {
     pub async fn kv_changed(&mut self) {
         let follow_list = self.service_list_open && self.data.catalog.is_some();
         tokio::select! {
-            r = self.kv_rx.changed() => {
+            r = self.kv_dirty_rx.changed() => {
                 if r.is_err() {
                     std::future::pending::<()>().await;
                 }
@@ -419,9 +420,12 @@ impl CustomTemplates {
     /// Reads again what changed; true when anything was read.
     async fn refresh_stale(&mut self, catalog: &CatalogSnapshot) -> bool {
         let all = std::mem::take(&mut self.refresh_all);
-        let generation = *self.kv_rx.borrow_and_update();
-        let kv = generation != self.kv_seen;
-        self.kv_seen = generation;
+        // Taken without notifying: the marks are consumed here, not announced.
+        let mut kv_moved = BTreeSet::new();
+        self.kv_dirty.send_if_modified(|d| {
+            kv_moved = std::mem::take(d);
+            false
+        });
         let mut changed = false;
         let stale: Vec<String> = self
             .data
@@ -449,9 +453,21 @@ impl CustomTemplates {
                 Err(e) => warn!(error = %e, "cannot read the service list for custom templates"),
             }
         }
-        if all || kv {
-            let keys: Vec<String> = self.data.keys.keys().cloned().collect();
-            let prefixes: Vec<String> = self.data.prefixes.keys().cloned().collect();
+        {
+            let keys: Vec<String> = self
+                .data
+                .keys
+                .keys()
+                .filter(|k| all || kv_moved.contains(&((*k).clone(), false)))
+                .cloned()
+                .collect();
+            let prefixes: Vec<String> = self
+                .data
+                .prefixes
+                .keys()
+                .filter(|p| all || kv_moved.contains(&((*p).clone(), true)))
+                .cloned()
+                .collect();
             changed |= !keys.is_empty() || !prefixes.is_empty();
             for key in keys {
                 match self.client.template_key(&key).await {
@@ -569,8 +585,8 @@ impl CustomTemplates {
         }
     }
 
-    /// Drops cached data no template reads any more, and keeps one KV watch per key or prefix
-    /// that one does.
+    /// Drops cached data no template reads any more, and keeps the one KV watch on what the
+    /// templates read (restarted when that set changes).
     fn prune_and_watch(&mut self) {
         let mut services = BTreeSet::new();
         let mut keys = BTreeSet::new();
@@ -588,48 +604,62 @@ impl CustomTemplates {
         if !catalog {
             self.data.catalog = None;
         }
-        let wanted: BTreeSet<(String, bool)> = keys
+        let wanted: BTreeSet<KvDep> = keys
             .into_iter()
             .map(|k| (k, false))
             .chain(prefixes.into_iter().map(|p| (p, true)))
             .collect();
-        self.kv_watches.retain(|k, token| {
-            let keep = wanted.contains(k);
-            if !keep {
-                token.cancel();
-            }
-            keep
-        });
-        for (path, recurse) in wanted {
-            if self.kv_watches.contains_key(&(path.clone(), recurse)) {
-                continue;
-            }
-            let token = self.cancel.child_token();
-            let mut handle = self.client.watch_template_kv(
-                &path,
-                recurse,
-                WatchOptions::default(),
-                token.clone(),
-            );
-            let tx = self.kv_tx.clone();
-            let stop = token.clone();
-            tokio::spawn(async move {
-                // The first answer counts too: a change between the read that rendered the
-                // template and the watch's first answer must not be lost.
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        r = handle.changes.changed() => {
-                            if r.is_err() {
-                                break;
-                            }
-                            tx.send_modify(|n| *n = n.wrapping_add(1));
-                        }
-                    }
-                }
-            });
-            self.kv_watches.insert((path, recurse), token);
+        if self.kv_watch.as_ref().map(|(deps, _)| deps) == Some(&wanted) {
+            return;
         }
+        if let Some((_, stop)) = self.kv_watch.take() {
+            stop.cancel();
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let stop = self.cancel.child_token();
+        let prefix = kv_deps::spawn(
+            Arc::new(self.client.clone()),
+            wanted.clone(),
+            self.kv_projection(&wanted),
+            self.kv_dirty.clone(),
+            WatchOptions::default(),
+            stop.clone(),
+        );
+        debug!(
+            prefix,
+            reads = wanted.len(),
+            "custom templates: KV watch started"
+        );
+        self.kv_watch = Some((wanted, stop));
+    }
+
+    /// The projection of the KV values the cache holds for `deps`; a read the cache lacks (its
+    /// fetch failed) is left out, so the watch's first answer marks it.
+    fn kv_projection(&self, deps: &BTreeSet<KvDep>) -> kv_deps::Projection {
+        deps.iter()
+            .filter_map(|dep| {
+                let covered: Vec<(String, u64)> = if dep.1 {
+                    self.data
+                        .prefixes
+                        .get(&dep.0)?
+                        .iter()
+                        .map(|p| (p.key.clone(), p.modify_index))
+                        .collect()
+                } else {
+                    self.data
+                        .keys
+                        .get(&dep.0)?
+                        .iter()
+                        .map(|p| (p.key.clone(), p.modify_index))
+                        .collect()
+                };
+                let mut covered = covered;
+                covered.sort();
+                Some((dep.clone(), covered))
+            })
+            .collect()
     }
 }
 
