@@ -564,3 +564,47 @@ async fn a_new_service_in_the_list_is_rendered_without_waiting_for_the_resync() 
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_and_check_fields_come_from_the_health_endpoint() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    let path = write(
+        root.path(),
+        "fields.tmpl",
+        "frontend fields\n    bind *:80\n    acl url_fields path_beg /fields\n    use_backend fields-be if url_fields\n\nbackend fields-be\n{{- range service \"fields\" \"any\" }}\n    http-request return status 200 content-type text/plain string \"id={{ .NodeID }};lan={{ .NodeTaggedAddresses.lan }};meta={{ range $k, $v := .NodeMeta }}{{ $k }}{{ end }};{{ range .Checks }}check={{ .Name }}/{{ .Status }}/{{ .Output }}{{ end }}\"\n{{- end }}\n",
+    );
+    let registry = Registry::start().await;
+    let mut proxy = start(&registry, root.path()).await;
+    let id = registry.register_critical("fields", 1, 1).await;
+    // A note passed with the check becomes its output.
+    let (status, _) = support::http(
+        registry.addr.port(),
+        "PUT",
+        "localhost",
+        &format!("/v1/agent/check/pass/service:{id}?note=all-good"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = proxy
+        .call(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=fields&consulTemplatePath={path}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = proxy.get("localhost", "/fields").await;
+    assert_eq!(status, 200, "{body}");
+    let fields: std::collections::BTreeMap<&str, &str> =
+        body.split(';').filter_map(|f| f.split_once('=')).collect();
+    assert_eq!(fields["id"].len(), 36, "a node UUID: {body}");
+    assert_eq!(fields["lan"], registry.addr.ip().to_string(), "{body}");
+    assert_eq!(fields["meta"], "consul-network-segment", "{body}");
+    let check = fields["check"];
+    assert!(
+        check.ends_with("/passing/all-good") && !check.starts_with('/'),
+        "a named check with its output: {body}"
+    );
+    proxy.stop().await;
+}
