@@ -105,6 +105,8 @@ pub struct Status {
     pub plan: Option<Arc<Plan>>,
     /// The reason the last apply failed, if it did.
     pub last_error: Option<String>,
+    /// The live snippets of the services with custom templates.
+    pub custom: Arc<BTreeMap<ServiceName, CustomSnippets>>,
 }
 
 enum Request {
@@ -850,6 +852,7 @@ impl Reconciler {
             intents: Arc::new(intents.clone()),
             plan: Some(Arc::new(desired.clone())),
             last_error: None,
+            custom: Arc::new(custom.clone()),
         };
         self.live = Some(Live {
             plan: desired,

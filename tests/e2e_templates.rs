@@ -124,6 +124,35 @@ async fn readme_example_template_follows_scaling() {
         &["hello, world! 1", "hello, world! 2", "hello, world! 3"],
     )
     .await;
+    // `config?type=json` shows the template service: its path, backend, servers and routes.
+    // (The new worker serves a moment before the reconciler has confirmed the reload and
+    // published its status.)
+    let config_json = || async {
+        let (status, body) = proxy.call("/v1/docker-flow-proxy/config?type=json").await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    wait_until("config?type=json counts the three servers", || async {
+        config_json().await.contains(r#""Servers":3"#)
+    })
+    .await;
+    let body = config_json().await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let svc = &json["Services"][0];
+    assert_eq!(svc["ServiceName"], "go-demo", "{body}");
+    assert_eq!(svc["ConsulTemplatePath"], path.as_str(), "{body}");
+    assert_eq!(svc["Backend"], "go-demo-be", "{body}");
+    assert_eq!(svc["Servers"], 3, "{body}");
+    assert_eq!(
+        svc["Routes"],
+        serde_json::json!([{"Path": "/demo", "PathType": "path_beg", "Domains": []}]),
+        "{body}"
+    );
+    assert_eq!(
+        svc["Backends"],
+        serde_json::json!([{"Name": "go-demo-be", "Servers": 3}]),
+        "{body}"
+    );
     // And down again.
     registry.deregister(&id3).await;
     expect_bodies(

@@ -19,6 +19,7 @@
 
 pub mod kv_deps;
 pub mod merge;
+pub mod summary;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
