@@ -637,3 +637,45 @@ async fn node_and_check_fields_come_from_the_health_endpoint() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_on_a_shared_and_another_port_serves_both() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    let other = support::free_port();
+    let path = write(
+        root.path(),
+        "both.tmpl",
+        &format!(
+            "frontend both\n    bind *:80\n    bind 127.0.0.1:{other}\n    acl url_both path_beg /both\n    use_backend both-be if url_both\n\nbackend both-be\n{{{{- range service \"both\" }}}}\n    server s{{{{ .Port }}}} {{{{ .Address }}}}:{{{{ .Port }}}}\n{{{{- end }}}}\n"
+        ),
+    );
+    let registry = Registry::start().await;
+    let mut proxy = start(&registry, root.path()).await;
+    register_tagged(&registry, "both", "both-1", &[], "both").await;
+    let (status, body) = proxy
+        .call(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=both&consulTemplatePath={path}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The rules serve on the shared frontend...
+    assert_eq!(
+        proxy.get("localhost", "/both").await,
+        (200, "both\n".to_owned())
+    );
+    // ...and on the frontend's own other port, which keeps only that bind.
+    assert_eq!(
+        support::http(other, "GET", "localhost", "/both").await,
+        (200, "both\n".to_owned())
+    );
+    let (_, config) = proxy.call("/v1/docker-flow-proxy/config").await;
+    assert!(
+        config.contains(&format!("frontend both\n    bind 127.0.0.1:{other}\n")),
+        "{config}"
+    );
+    assert!(!config.contains("bind *:80"), "{config}");
+    proxy.stop().await;
+}
