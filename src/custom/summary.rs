@@ -47,14 +47,14 @@ pub fn summarize(snippets: &CustomSnippets) -> Summary {
         let header = !line.starts_with([' ', '\t']);
         if header {
             current = None;
-            if first == "backend" || first == "listen" {
-                if let Some(name) = words.next() {
-                    out.backends.push(BackendSummary {
-                        name: name.to_owned(),
-                        servers: 0,
-                    });
-                    current = Some(out.backends.len() - 1);
-                }
+            if (first == "backend" || first == "listen")
+                && let Some(name) = words.next()
+            {
+                out.backends.push(BackendSummary {
+                    name: name.to_owned(),
+                    servers: 0,
+                });
+                current = Some(out.backends.len() - 1);
             }
             continue;
         }
