@@ -427,7 +427,8 @@ impl CustomTemplates {
             kv_moved = std::mem::take(d);
             false
         });
-        let mut changed = false;
+        // A marked read the cache lacks (its fetch failed) is fetched by the render's rounds.
+        let mut changed = !kv_moved.is_empty();
         let stale: Vec<String> = self
             .data
             .services
