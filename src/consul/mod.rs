@@ -9,6 +9,7 @@
 //! Entry points:
 //! * [`ConsulConfig`] / [`ConsulClient`]: settings and the client (KV, txn, catalog, agent);
 //! * [`CatalogWatcher::spawn`]: a `watch::Receiver<Arc<CatalogSnapshot>>` kept up to date;
+//!   [`CatalogWatcher::spawn_with_service_list`] also publishes the catalog's service list;
 //! * [`watch_kv_prefix`] and [`spawn_watch`]: generic blocking watchers.
 
 mod agent;

@@ -2,8 +2,9 @@
 //!
 //! Owns the requests and the conversion of `/v1/health/service/<name>` (every instance, with its
 //! node and checks, whatever its health), `/v1/catalog/services` and KV reads of single keys
-//! and prefixes into [`crate::ctmpl`] records, and the blocking watch of one KV key or prefix a
-//! template reads. It must not loop, cache or render; the caller decides when to read.
+//! and prefixes into [`crate::ctmpl`] records, and the blocking watch of a KV key or prefix
+//! (custom templates watch the common prefix of everything they read with one). It must not
+//! loop, cache or render; the caller decides when to read.
 //!
 //! Unlike the catalog watcher's reads, nothing is validated or resolved here: templates print
 //! what Consul holds, as consul-template does, and their output is checked by `haproxy -c`.
