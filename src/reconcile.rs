@@ -27,7 +27,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::consul::{ConsulClient, Interest};
+use crate::consul::{ConsulClient, Interest, ServiceTags};
 use crate::custom::{CustomTemplates, merge::shared_ports};
 use crate::domain::{
     CatalogSnapshot, CustomTemplates as TemplateSpec, Instance, ServiceIntent, ServiceName,
@@ -111,6 +111,8 @@ pub struct Status {
     pub last_error: Option<String>,
     /// The live intents that come from Consul tags (not from the API or KV).
     pub tag_routed: Arc<BTreeSet<ServiceName>>,
+    /// The live snippets of the services with custom templates.
+    pub custom: Arc<BTreeMap<ServiceName, CustomSnippets>>,
 }
 
 enum Request {
@@ -193,6 +195,9 @@ pub struct ReconcilerInputs {
     pub interest: watch::Sender<Interest>,
     /// Intents changed in KV (by this replica or another one).
     pub intents: watch::Receiver<Option<Arc<Intents>>>,
+    /// The catalog's service list from the catalog watcher, for custom templates reading
+    /// `services`.
+    pub service_list: watch::Receiver<Arc<ServiceTags>>,
 }
 
 struct Live {
@@ -254,6 +259,7 @@ impl Reconciler {
             options.templates_root.clone(),
             shared_ports(options.render.http_port, options.render.https_port),
             inputs.client.clone(),
+            inputs.service_list.clone(),
         );
         let metrics = options.metrics.clone();
         let tags = TagRoutes::new(options.tags.clone());
@@ -913,6 +919,7 @@ impl Reconciler {
             plan: Some(Arc::new(desired.clone())),
             last_error: None,
             tag_routed: Arc::new(tag_routed),
+            custom: Arc::new(custom.clone()),
         };
         self.live = Some(Live {
             plan: desired,

@@ -219,6 +219,7 @@ async fn run_proxy(
             grace: Duration::from_secs(args.tag_route_grace),
         },
         metrics,
+        resync_interval: Duration::from_secs(args.resync_interval),
         ..ReconcilerOptions::default()
     };
     let supervisor = Supervisor::new(
@@ -230,7 +231,7 @@ async fn run_proxy(
     );
 
     let (interest_tx, interest_rx) = watch::channel(Interest::Services(BTreeSet::new()));
-    let catalog = CatalogWatcher::spawn(
+    let (catalog, service_list) = CatalogWatcher::spawn_with_service_list(
         client.clone(),
         interest_rx,
         CatalogWatcherOptions::default(),
@@ -247,6 +248,7 @@ async fn run_proxy(
             catalog,
             interest: interest_tx,
             intents,
+            service_list,
         },
         reconciler_stop.clone(),
     );

@@ -224,6 +224,11 @@ pub struct ServerArgs {
     /// Derived from `PROXY_INSTANCE_NAME` when unset.
     #[arg(long, env = "STICKY_KEY", value_parser = parse_sticky_key)]
     pub sticky_key: Option<StickyKey>,
+    /// Seconds between two resyncs of the reconciler: HAProxy checked, the data of every
+    /// custom template read again, and a level-triggered apply.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_interval: u64,
 }
 
 /// The API's default port, DFP's.

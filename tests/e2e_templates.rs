@@ -44,7 +44,14 @@ async fn start(registry: &Registry, root: &Path) -> Proxy {
     Proxy::start_with(
         registry,
         "docker-flow",
-        &["--templates-root".to_owned(), root.display().to_string()],
+        &[
+            "--templates-root".to_owned(),
+            root.display().to_string(),
+            // The resync re-reads every template's data: push it out of the tests' reach, so
+            // only the watches can bring a change.
+            "--resync-interval".to_owned(),
+            "3600".to_owned(),
+        ],
     )
     .await
 }
@@ -117,6 +124,35 @@ async fn readme_example_template_follows_scaling() {
         &["hello, world! 1", "hello, world! 2", "hello, world! 3"],
     )
     .await;
+    // `config?type=json` shows the template service: its path, backend, servers and routes.
+    // (The new worker serves a moment before the reconciler has confirmed the reload and
+    // published its status.)
+    let config_json = || async {
+        let (status, body) = proxy.call("/v1/docker-flow-proxy/config?type=json").await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    wait_until("config?type=json counts the three servers", || async {
+        config_json().await.contains(r#""Servers":3"#)
+    })
+    .await;
+    let body = config_json().await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let svc = &json["Services"][0];
+    assert_eq!(svc["ServiceName"], "go-demo", "{body}");
+    assert_eq!(svc["ConsulTemplatePath"], path.as_str(), "{body}");
+    assert_eq!(svc["Backend"], "go-demo-be", "{body}");
+    assert_eq!(svc["Servers"], 3, "{body}");
+    assert_eq!(
+        svc["Routes"],
+        serde_json::json!([{"Path": "/demo", "PathType": "path_beg", "Domains": []}]),
+        "{body}"
+    );
+    assert_eq!(
+        svc["Backends"],
+        serde_json::json!([{"Name": "go-demo-be", "Servers": 3}]),
+        "{body}"
+    );
     // And down again.
     registry.deregister(&id3).await;
     expect_bodies(
@@ -494,4 +530,152 @@ async fn a_template_missing_at_start_does_not_keep_the_others_down() {
     assert!(body.contains("no-such-directive"), "{body}");
     expect_bodies(&second, "/demo/hello", &["templated"]).await;
     second.stop().await;
+}
+
+/// Registers one instance of `name` with `tags` on 127.0.0.1, answering `body`.
+async fn register_tagged(registry: &Registry, name: &str, id: &str, tags: &[&str], body: &str) {
+    let port = backend(body).await;
+    registry
+        .client
+        .agent_register(&flow_proxy::consul::ServiceRegistration {
+            id: id.into(),
+            name: name.into(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            address: "127.0.0.1".into(),
+            port,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_service_in_the_list_is_rendered_without_waiting_for_the_resync() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    // One route and one backend per service tagged `web`, found through `services`.
+    let path = write(
+        root.path(),
+        "list.tmpl",
+        "frontend all\n    bind *:80\n{{- range services }}{{ if in .Tags \"web\" }}\n    acl url_{{ .Name }} path_beg /{{ .Name }}\n    use_backend {{ .Name }}-be if url_{{ .Name }}\n{{- end }}{{ end }}\n{{ range services }}{{ if in .Tags \"web\" }}\nbackend {{ .Name }}-be\n{{- range service .Name }}\n    server s{{ .Port }} {{ .Address }}:{{ .Port }}\n{{- end }}\n{{ end }}{{ end }}",
+    );
+    let registry = Registry::start().await;
+    // `start` pushes the resync out of reach: only the services feed can bring the change.
+    let mut proxy = start(&registry, root.path()).await;
+    register_tagged(&registry, "alpha", "alpha-1", &["web"], "alpha").await;
+    let (status, body) = proxy
+        .call(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=list&consulTemplatePath={path}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        proxy.get("localhost", "/alpha").await,
+        (200, "alpha\n".to_owned())
+    );
+    // A service that appears in the list is routed with no further call.
+    register_tagged(&registry, "gamma", "gamma-1", &["web"], "gamma").await;
+    wait_until("the new service of the list is live", || async {
+        proxy.get("localhost", "/gamma").await == (200, "gamma\n".to_owned())
+    })
+    .await;
+    // A retag that takes a service out of the list's selection removes its route.
+    register_tagged(&registry, "gamma", "gamma-1", &["internal"], "gamma").await;
+    wait_until("the retagged service is gone", || async {
+        proxy.get("localhost", "/gamma").await.0 == 503
+    })
+    .await;
+    assert_eq!(
+        proxy.get("localhost", "/alpha").await,
+        (200, "alpha\n".to_owned())
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_and_check_fields_come_from_the_health_endpoint() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    let path = write(
+        root.path(),
+        "fields.tmpl",
+        "frontend fields\n    bind *:80\n    acl url_fields path_beg /fields\n    use_backend fields-be if url_fields\n\nbackend fields-be\n{{- range service \"fields\" \"any\" }}\n    http-request return status 200 content-type text/plain string \"id={{ .NodeID }};lan={{ .NodeTaggedAddresses.lan }};meta={{ range $k, $v := .NodeMeta }}{{ $k }}{{ end }};{{ range .Checks }}check={{ .Name }}/{{ .Status }}/{{ .Output }}{{ end }}\"\n{{- end }}\n",
+    );
+    let registry = Registry::start().await;
+    let mut proxy = start(&registry, root.path()).await;
+    let id = registry.register_critical("fields", 1, 1).await;
+    // A note passed with the check becomes its output.
+    let (status, _) = support::http(
+        registry.addr.port(),
+        "PUT",
+        "localhost",
+        &format!("/v1/agent/check/pass/service:{id}?note=all-good"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = proxy
+        .call(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=fields&consulTemplatePath={path}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = proxy.get("localhost", "/fields").await;
+    assert_eq!(status, 200, "{body}");
+    let fields: std::collections::BTreeMap<&str, &str> =
+        body.split(';').filter_map(|f| f.split_once('=')).collect();
+    assert_eq!(fields["id"].len(), 36, "a node UUID: {body}");
+    assert_eq!(fields["lan"], registry.addr.ip().to_string(), "{body}");
+    assert_eq!(fields["meta"], "consul-network-segment", "{body}");
+    let check = fields["check"];
+    assert!(
+        check.ends_with("/passing/all-good") && !check.starts_with('/'),
+        "a named check with its output: {body}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_on_a_shared_and_another_port_serves_both() {
+    if !haproxy_available() {
+        return;
+    }
+    let root = templates_dir();
+    let other = support::free_port();
+    let path = write(
+        root.path(),
+        "both.tmpl",
+        &format!(
+            "frontend both\n    bind *:80\n    bind 127.0.0.1:{other}\n    acl url_both path_beg /both\n    use_backend both-be if url_both\n\nbackend both-be\n{{{{- range service \"both\" }}}}\n    server s{{{{ .Port }}}} {{{{ .Address }}}}:{{{{ .Port }}}}\n{{{{- end }}}}\n"
+        ),
+    );
+    let registry = Registry::start().await;
+    let mut proxy = start(&registry, root.path()).await;
+    register_tagged(&registry, "both", "both-1", &[], "both").await;
+    let (status, body) = proxy
+        .call(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=both&consulTemplatePath={path}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The rules serve on the shared frontend...
+    assert_eq!(
+        proxy.get("localhost", "/both").await,
+        (200, "both\n".to_owned())
+    );
+    // ...and on the frontend's own other port, which keeps only that bind.
+    assert_eq!(
+        support::http(other, "GET", "localhost", "/both").await,
+        (200, "both\n".to_owned())
+    );
+    let (_, config) = proxy.call("/v1/docker-flow-proxy/config").await;
+    assert!(
+        config.contains(&format!("frontend both\n    bind 127.0.0.1:{other}\n")),
+        "{config}"
+    );
+    assert!(!config.contains("bind *:80"), "{config}");
+    proxy.stop().await;
 }

@@ -389,6 +389,75 @@ struct ServiceJson {
     /// `api` (reconfigure, kept in Consul KV) or `tags` (declared by the service's tags).
     #[serde(rename = "Source")]
     source: &'static str,
+    /// Custom templates only: the paths, and every backend the rendered templates define.
+    #[serde(rename = "ConsulTemplatePath", skip_serializing_if = "Option::is_none")]
+    consul_template_path: Option<String>,
+    #[serde(
+        rename = "ConsulTemplateFePath",
+        skip_serializing_if = "Option::is_none"
+    )]
+    consul_template_fe_path: Option<String>,
+    #[serde(
+        rename = "ConsulTemplateBePath",
+        skip_serializing_if = "Option::is_none"
+    )]
+    consul_template_be_path: Option<String>,
+    #[serde(rename = "Backends", skip_serializing_if = "Option::is_none")]
+    backends: Option<Vec<BackendJson>>,
+}
+
+#[derive(Serialize)]
+struct BackendJson {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Servers")]
+    servers: usize,
+}
+
+/// Fills the fields of a service with custom templates from its live rendered snippets: the
+/// template paths, the backends, their servers, and the paths its `acl` lines match.
+fn with_templates(
+    mut json: ServiceJson,
+    templates: &crate::domain::CustomTemplates,
+    snippets: Option<&crate::render::CustomSnippets>,
+) -> ServiceJson {
+    use crate::domain::CustomTemplates as Spec;
+    match templates {
+        Spec::Whole(p) => json.consul_template_path = Some(p.as_str().to_owned()),
+        Spec::Split { fe, be } => {
+            json.consul_template_fe_path = Some(fe.as_str().to_owned());
+            json.consul_template_be_path = Some(be.as_str().to_owned());
+        }
+    }
+    let summary = snippets
+        .map(crate::custom::summary::summarize)
+        .unwrap_or_default();
+    json.backend = summary
+        .backends
+        .first()
+        .map(|b| b.name.clone())
+        .unwrap_or_default();
+    json.servers = summary.backends.iter().map(|b| b.servers).sum();
+    json.routes = summary
+        .routes
+        .into_iter()
+        .map(|r| RouteJson {
+            path: r.path,
+            path_type: r.path_type,
+            domains: Vec::new(),
+        })
+        .collect();
+    json.backends = Some(
+        summary
+            .backends
+            .into_iter()
+            .map(|b| BackendJson {
+                name: b.name,
+                servers: b.servers,
+            })
+            .collect(),
+    );
+    json
 }
 
 #[derive(Serialize)]
@@ -409,7 +478,7 @@ async fn config(params: &Params, state: &ApiState) -> Response {
             .values()
             .map(|i| {
                 let backend = status.plan.as_ref().and_then(|p| p.backends.get(&i.name));
-                ServiceJson {
+                let json = ServiceJson {
                     service_name: i.name.to_string(),
                     service_color: i
                         .color
@@ -436,6 +505,14 @@ async fn config(params: &Params, state: &ApiState) -> Response {
                     } else {
                         "api"
                     },
+                    consul_template_path: None,
+                    consul_template_fe_path: None,
+                    consul_template_be_path: None,
+                    backends: None,
+                };
+                match &i.templates {
+                    Some(t) => with_templates(json, t, status.custom.get(&i.name)),
+                    None => json,
                 }
             })
             .collect();

@@ -130,6 +130,27 @@ impl CatalogWatcher {
         )
     }
 
+    /// Like [`CatalogWatcher::spawn`], and also publishes the catalog's service list (names
+    /// and tags, validated) as the services feed sees it: the same long-poll, no extra request.
+    /// The list receiver starts empty and changes only when the list does.
+    pub fn spawn_with_service_list(
+        client: ConsulClient,
+        interest: watch::Receiver<Interest>,
+        options: CatalogWatcherOptions,
+        cancel: CancellationToken,
+    ) -> (
+        watch::Receiver<Arc<CatalogSnapshot>>,
+        watch::Receiver<Arc<ServiceTags>>,
+    ) {
+        Self::spawn_inner(
+            Arc::new(client),
+            Arc::new(SystemResolver),
+            interest,
+            options,
+            cancel,
+        )
+    }
+
     /// Like [`CatalogWatcher::spawn`] over any transport and resolver.
     pub fn spawn_with(
         transport: Arc<dyn Transport>,
@@ -138,7 +159,21 @@ impl CatalogWatcher {
         options: CatalogWatcherOptions,
         cancel: CancellationToken,
     ) -> watch::Receiver<Arc<CatalogSnapshot>> {
+        Self::spawn_inner(transport, resolver, interest, options, cancel).0
+    }
+
+    fn spawn_inner(
+        transport: Arc<dyn Transport>,
+        resolver: Arc<dyn Resolver>,
+        interest: watch::Receiver<Interest>,
+        options: CatalogWatcherOptions,
+        cancel: CancellationToken,
+    ) -> (
+        watch::Receiver<Arc<CatalogSnapshot>>,
+        watch::Receiver<Arc<ServiceTags>>,
+    ) {
         let (tx, rx) = watch::channel(Arc::new(CatalogSnapshot::new()));
+        let (list_tx, list_rx) = watch::channel(Arc::new(ServiceTags::new()));
         let coordinator = Coordinator {
             transport,
             resolver,
@@ -155,9 +190,10 @@ impl CatalogWatcher {
             published: false,
             feed_indexes: [0; 3],
             tx,
+            list_tx,
         };
         tokio::spawn(coordinator.run(interest, cancel));
-        rx
+        (rx, list_rx)
     }
 }
 
@@ -193,6 +229,8 @@ struct Coordinator {
     /// Last index of the services, checks and nodes feeds, to notice one going backwards.
     feed_indexes: [u64; 3],
     tx: watch::Sender<Arc<CatalogSnapshot>>,
+    /// The service list as the services feed last answered it, for custom templates.
+    list_tx: watch::Sender<Arc<ServiceTags>>,
 }
 
 type Feed<T> = watch::Receiver<Option<WatchEvent<T>>>;
@@ -363,6 +401,14 @@ impl Coordinator {
                 self.dirty.insert(name.clone());
             }
         }
+        let list = &self.services;
+        self.list_tx.send_if_modified(|current| {
+            let modified = **current != **list;
+            if modified {
+                *current = Arc::clone(list);
+            }
+            modified
+        });
         self.sweep = true;
         tracing::debug!(
             index = event.index,

@@ -9,6 +9,7 @@
 //! Entry points:
 //! * [`ConsulConfig`] / [`ConsulClient`]: settings and the client (KV, txn, catalog, agent);
 //! * [`CatalogWatcher::spawn`]: a `watch::Receiver<Arc<CatalogSnapshot>>` kept up to date;
+//!   [`CatalogWatcher::spawn_with_service_list`] also publishes the catalog's service list;
 //! * [`watch_kv_prefix`] and [`spawn_watch`]: generic blocking watchers.
 
 mod agent;
@@ -48,5 +49,6 @@ pub use kv::{KvKey, KvPair, KvPrefix};
 pub use kv_watch::{kv_prefix_query, watch_kv_prefix};
 pub use rate_limit::TokenBucket;
 pub use resolve::{Resolver, SystemResolver};
+pub use template_data::watch_template_kv;
 pub use transport::{Blocking, GetRequest, RawResponse, Transport};
 pub use txn::{MAX_TXN_OPS, TxnOp};

@@ -2,12 +2,14 @@
 //!
 //! Owns the requests and the conversion of `/v1/health/service/<name>` (every instance, with its
 //! node and checks, whatever its health), `/v1/catalog/services` and KV reads of single keys
-//! and prefixes into [`crate::ctmpl`] records, and the blocking watch of one KV key or prefix a
-//! template reads. It must not loop, cache or render; the caller decides when to read.
+//! and prefixes into [`crate::ctmpl`] records, and the blocking watch of a KV key or prefix
+//! (custom templates watch the common prefix of everything they read with one). It must not
+//! loop, cache or render; the caller decides when to read.
 //!
 //! Unlike the catalog watcher's reads, nothing is validated or resolved here: templates print
 //! what Consul holds, as consul-template does, and their output is checked by `haproxy -c`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -18,7 +20,7 @@ use super::blocking::{BlockingQuery, WatchHandle, WatchOptions, spawn_watch};
 use super::catalog::require_ok;
 use super::error::ConsulError;
 use super::kv::{KvPair, decode_kv_list, kv_segments};
-use super::transport::GetRequest;
+use super::transport::{GetRequest, Transport};
 use super::wire::{CatalogServicesWire, HealthEntryWire};
 
 fn convert_entry(e: HealthEntryWire) -> ServiceEntry {
@@ -34,7 +36,10 @@ fn convert_entry(e: HealthEntryWire) -> ServiceEntry {
     );
     ServiceEntry {
         node: e.node.node,
+        node_id: e.node.id,
         node_address: e.node.address,
+        node_meta: string_values(e.node.meta),
+        node_tagged_addresses: string_values(e.node.tagged_addresses),
         id: e.service.id,
         name: e.service.service,
         address: e.service.address,
@@ -49,14 +54,26 @@ fn convert_entry(e: HealthEntryWire) -> ServiceEntry {
             .map(|c| HealthCheck {
                 node: c.node,
                 check_id: c.check_id,
+                name: c.name,
                 status: c.status,
+                notes: c.notes,
+                output: c.output,
                 service_id: c.service_id,
                 service_name: c.service_name,
-                ..HealthCheck::default()
             })
             .collect(),
-        ..ServiceEntry::default()
     }
+}
+
+/// The string values of a JSON map (other values are skipped).
+fn string_values(map: Option<BTreeMap<String, serde_json::Value>>) -> BTreeMap<String, String> {
+    map.unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::String(s) => Some((k, s)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn convert_pair(p: KvPair) -> TemplateKvPair {
@@ -146,7 +163,74 @@ impl super::ConsulClient {
         options: WatchOptions,
         cancel: CancellationToken,
     ) -> WatchHandle<Vec<KvPair>> {
-        let query = BlockingQuery::new(kv_request(path, recurse), options.wait, decode_kv_list);
-        spawn_watch(Arc::new(self.clone()), query, options, cancel)
+        watch_template_kv(Arc::new(self.clone()), path, recurse, options, cancel)
+    }
+}
+
+/// [`super::ConsulClient::watch_template_kv`] over any transport. An empty `path` with
+/// `recurse` watches the whole KV store.
+pub fn watch_template_kv(
+    transport: Arc<dyn Transport>,
+    path: &str,
+    recurse: bool,
+    options: WatchOptions,
+    cancel: CancellationToken,
+) -> WatchHandle<Vec<KvPair>> {
+    let query = BlockingQuery::new(kv_request(path, recurse), options.wait, decode_kv_list);
+    spawn_watch(transport, query, options, cancel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Consul's documentation sample of `/v1/health/service/:name`, with check notes and output
+    /// and a node meta value that is not a string.
+    const SAMPLE: &str = r#"[{"Node":{"ID":"40e4a748-2192-161a-0510-9bf59fe950b5","Node":"foobar","Address":"10.1.10.12","Datacenter":"dc1",
+          "TaggedAddresses":{"lan":"10.1.10.12","wan":"10.1.10.13"},"Meta":{"instance_type":"t2.medium","odd":7}},
+  "Service":{"ID":"redis","Service":"redis","Tags":["primary"],"Address":"10.1.10.12",
+             "TaggedAddresses":{"lan":{"address":"10.1.10.12","port":8000}},
+             "Meta":{"redis_version":"4.0"},"Port":8000,"Weights":{"Passing":10,"Warning":1},"Namespace":"default"},
+  "Checks":[{"Node":"foobar","CheckID":"service:redis","Name":"Service 'redis' check","Status":"passing",
+             "Notes":"checks redis","Output":"PONG","ServiceID":"redis","ServiceName":"redis","ServiceTags":["primary"],"Namespace":"default"},
+            {"Node":"foobar","CheckID":"serfHealth","Name":"Serf Health Status","Status":"passing","Notes":"",
+             "Output":"Agent alive and reachable","ServiceID":"","ServiceName":"","ServiceTags":[],"Namespace":"default"}]}]"#;
+
+    #[test]
+    fn health_entries_keep_node_and_check_fields() {
+        let wire: Vec<HealthEntryWire> = serde_json::from_str(SAMPLE).unwrap();
+        let e = convert_entry(wire.into_iter().next().unwrap());
+        assert_eq!(e.node_id, "40e4a748-2192-161a-0510-9bf59fe950b5");
+        assert_eq!(e.node_address, "10.1.10.12");
+        assert_eq!(
+            e.node_tagged_addresses,
+            [("lan", "10.1.10.12"), ("wan", "10.1.10.13")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into()
+        );
+        // A value that is not a string is skipped, not a failed read.
+        assert_eq!(
+            e.node_meta,
+            [("instance_type".to_owned(), "t2.medium".to_owned())].into()
+        );
+        assert_eq!(
+            e.weights,
+            Weights {
+                passing: 10,
+                warning: 1
+            }
+        );
+        let names: Vec<(&str, &str, &str)> = e
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.notes.as_str(), c.output.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("Service 'redis' check", "checks redis", "PONG"),
+                ("Serf Health Status", "", "Agent alive and reachable"),
+            ]
+        );
     }
 }

@@ -26,6 +26,16 @@ pub struct NodeWire {
     pub node: String,
     #[serde(default)]
     pub address: String,
+    /// The node's UUID.
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    /// `lan`, `wan`, … to an address. Values are kept as JSON so that an unexpected shape
+    /// never fails the whole read; only strings are used.
+    #[serde(default)]
+    pub tagged_addresses: Option<BTreeMap<String, serde_json::Value>>,
+    /// Node metadata (strings only are used, as above).
+    #[serde(default)]
+    pub meta: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -62,7 +72,13 @@ pub struct HealthCheckWire {
     #[serde(rename = "CheckID", default)]
     pub check_id: String,
     #[serde(default)]
+    pub name: String,
+    #[serde(default)]
     pub status: String,
+    #[serde(default)]
+    pub notes: String,
+    #[serde(default)]
+    pub output: String,
     #[serde(rename = "ServiceID", default)]
     pub service_id: String,
     #[serde(default)]

@@ -3,8 +3,10 @@
 //! Owns the merge rule: a `frontend` that binds one of the proxy's shared ports (80, 443,
 //! `HTTP_PORT`, `HTTPS_PORT`) is merged into the shared `services` frontend: its `acl`,
 //! `use_backend` and `http-request` lines are taken and everything else (its `bind` lines
-//! first) is dropped, so two frontends never share a port. Other frontends (other ports), and
-//! every other section, are kept as written. Pure: no IO.
+//! first) is dropped, so two frontends never share a port. When that frontend also binds other
+//! ports, it is kept as well, as written but with the shared ports' addresses taken out of its
+//! `bind` lines, so the other ports keep serving the same rules. Other frontends (other ports),
+//! and every other section, are kept as written. Pure: no IO.
 
 use crate::render::CustomSnippets;
 
@@ -44,6 +46,46 @@ fn is_section_header(line: &str) -> bool {
     !line.starts_with([' ', '\t']) && SECTIONS.contains(&first_word(line))
 }
 
+/// The ports one address of a `bind` line listens on (`*:80`, `[::]:8000-8010`), if any.
+fn address_ports(addr: &str) -> Option<(u16, u16)> {
+    let (_, port) = addr.rsplit_once(':')?;
+    match port.split_once('-') {
+        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+        None => {
+            let p = port.parse().ok()?;
+            Some((p, p))
+        }
+    }
+}
+
+fn covers_shared(range: (u16, u16), shared_ports: &[u16]) -> bool {
+    shared_ports.iter().any(|p| range.0 <= *p && *p <= range.1)
+}
+
+/// `line` (a `bind` line) without its addresses on a shared port (a range counts as shared
+/// when it covers one), or `None` when no other address is left. Indentation and the options
+/// after the addresses are kept.
+fn without_shared_addresses(line: &str, shared_ports: &[u16]) -> Option<String> {
+    let indent = &line[..line.len() - line.trim_start().len()];
+    let mut words = line.split_whitespace();
+    let keyword = words.next()?;
+    let addresses = words.next()?;
+    let kept: Vec<&str> = addresses
+        .split(',')
+        .filter(|a| !address_ports(a).is_some_and(|r| covers_shared(r, shared_ports)))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let rest: Vec<&str> = words.collect();
+    let mut out = format!("{indent}{keyword} {}", kept.join(","));
+    if !rest.is_empty() {
+        out.push(' ');
+        out.push_str(&rest.join(" "));
+    }
+    Some(out)
+}
+
 /// The ports a `bind` line listens on (`*:80`, `:443`, `[::]:80`, `0.0.0.0:80,:443`,
 /// `ipv4@:8080`, `*:8000-8010`); sockets and unparsable addresses give none.
 pub fn bind_ports(line: &str) -> Vec<(u16, u16)> {
@@ -54,19 +96,7 @@ pub fn bind_ports(line: &str) -> Vec<(u16, u16)> {
     let Some(addresses) = words.next() else {
         return Vec::new();
     };
-    addresses
-        .split(',')
-        .filter_map(|addr| {
-            let (_, port) = addr.rsplit_once(':')?;
-            match port.split_once('-') {
-                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-                None => {
-                    let p = port.parse().ok()?;
-                    Some((p, p))
-                }
-            }
-        })
-        .collect()
+    addresses.split(',').filter_map(address_ports).collect()
 }
 
 /// Splits `text` (a whole rendered template) into the lines merged into the shared frontend
@@ -83,7 +113,7 @@ pub fn merge_whole(text: &str, shared_ports: &[u16]) -> Merged {
         }
     }
     let mut frontend = Vec::new();
-    let mut kept = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
     let mut dropped = Vec::new();
     for section in sections {
         let shared = section.first().is_some_and(|h| first_word(h) == "frontend")
@@ -93,14 +123,31 @@ pub fn merge_whole(text: &str, shared_ports: &[u16]) -> Merged {
                     .any(|(a, b)| shared_ports.iter().any(|p| a <= p && p <= b))
             });
         if !shared {
-            kept.extend(section);
+            kept.extend(section.iter().map(|l| (*l).to_owned()));
             continue;
+        }
+        // The same frontend on its other ports, if it binds any.
+        let own: Vec<String> = section
+            .iter()
+            .enumerate()
+            .filter_map(|(i, line)| {
+                if i > 0 && first_word(line) == "bind" {
+                    without_shared_addresses(line, shared_ports)
+                } else {
+                    Some((*line).to_owned())
+                }
+            })
+            .collect();
+        let binds_others = own.iter().skip(1).any(|l| first_word(l) == "bind");
+        if binds_others {
+            kept.extend(own);
         }
         for line in section.iter().skip(1) {
             let word = first_word(line);
             if TAKEN.contains(&word) {
                 frontend.push(*line);
-            } else if !word.is_empty() && word != "bind" && !word.starts_with('#') {
+            } else if !binds_others && !word.is_empty() && word != "bind" && !word.starts_with('#')
+            {
                 dropped.push(line.trim().to_owned());
             }
         }
@@ -177,6 +224,23 @@ mod tests {
         // A range covering a shared port merges the frontend.
         let m = merge_whole("frontend r\n bind *:70-90\n acl a path /a\n", &[80]);
         assert_eq!(m.snippets.frontend, " acl a path /a");
+    }
+
+    #[test]
+    fn other_ports_of_a_merged_frontend_keep_serving_the_same_rules() {
+        let text = "frontend both\n    bind *:80\n    bind *:8081,:443 ssl crt /c.pem\n    bind *:70-90\n    option http-server-close\n    acl a path_beg /a\n    use_backend a-be if a\n\nbackend a-be\n    server s 10.0.0.1:80\n";
+        let m = merge_whole(text, &shared_ports(80, Some(443)));
+        // The rules join the shared frontend...
+        assert_eq!(
+            m.snippets.frontend,
+            "    acl a path_beg /a\n    use_backend a-be if a"
+        );
+        // ...and the frontend stays on its other port only, everything else as written.
+        assert_eq!(
+            m.snippets.sections,
+            "frontend both\n    bind *:8081 ssl crt /c.pem\n    option http-server-close\n    acl a path_beg /a\n    use_backend a-be if a\n\nbackend a-be\n    server s 10.0.0.1:80"
+        );
+        assert!(m.dropped.is_empty(), "{:?}", m.dropped);
     }
 
     #[test]

@@ -3,20 +3,23 @@
 //!
 //! Owns: resolving a template path inside `TEMPLATES_ROOT` (after symlinks), reading and
 //! parsing the files ([`load`]), the cache of the Consul data templates read (instances with
-//! their checks, the service list, KV keys and prefixes), one blocking watch per KV key or
-//! prefix a template reads, the fetch rounds of a render, and the rendered
+//! their checks, the service list, KV keys and prefixes), the one KV watch shared by every key
+//! and prefix the templates read ([`kv_deps`]), the fetch rounds of a render, and the rendered
 //! [`CustomSnippets`] of every service, with the merge rule of [`merge`].
 //!
 //! The reconciler drives it: [`CustomTemplates::prepare`] before each apply, then
 //! [`CustomTemplates::snippets`] while rendering. Services a template reads are added to the
 //! catalog watcher's interest by the reconciler ([`CustomTemplates::services_read`]); a change
-//! of their instances in the watcher's snapshot makes the next `prepare` read them again. KV
-//! keys and prefixes are followed by their own watches, which wake the reconciler.
+//! of their instances in the watcher's snapshot makes the next `prepare` read them again, and a
+//! change of the watcher's service list does the same for `services`. KV keys and prefixes are
+//! followed by one shared watch, which marks the reads that moved and wakes the reconciler.
 //!
 //! Must not: talk to HAProxy, build the rest of the configuration, or write to Consul. The
 //! language itself lives in `ctmpl`, which stays pure: files and Consul are read here.
 
+pub mod kv_deps;
 pub mod merge;
+pub mod summary;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,12 +30,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::consul::{ConsulClient, WatchOptions};
+use crate::consul::{ConsulClient, ServiceTags, WatchOptions};
 use crate::ctmpl::{
     CatalogService, DataError, DataSource, Dependencies, KvPair, ServiceEntry, Template,
 };
 use crate::domain::{CatalogSnapshot, CustomTemplates as Spec, Instance, ServiceName};
 use crate::render::CustomSnippets;
+use kv_deps::KvDep;
 
 /// Why a custom template cannot be used. Shown to the API caller as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,7 +177,9 @@ struct DataCache {
     /// Every instance of a service, whatever its health, with the catalog watcher's view of it
     /// when it was read (a different view later means "read again").
     services: BTreeMap<String, (Vec<ServiceEntry>, Option<Vec<Instance>>)>,
-    catalog: Option<Vec<CatalogService>>,
+    /// The service list, with the catalog watcher's list when it was read (a different list
+    /// later means "read again").
+    catalog: Option<(Vec<CatalogService>, Arc<ServiceTags>)>,
     keys: BTreeMap<String, Option<KvPair>>,
     prefixes: BTreeMap<String, Vec<KvPair>>,
 }
@@ -219,7 +225,7 @@ impl DataSource for CacheSource<'_> {
 
     fn services(&self) -> Result<Vec<CatalogService>, DataError> {
         match &self.data.catalog {
-            Some(list) => Ok(list.clone()),
+            Some((list, _)) => Ok(list.clone()),
             None => {
                 self.misses.borrow_mut().catalog = true;
                 Ok(Vec::new())
@@ -267,12 +273,15 @@ pub struct CustomTemplates {
     entries: BTreeMap<(ServiceName, Spec), Entry>,
     data: DataCache,
     refresh_all: bool,
-    kv_tx: watch::Sender<u64>,
-    kv_rx: watch::Receiver<u64>,
-    /// The KV generation the cache was last read at; `kv_changed` marks the receiver's value
-    /// as seen, so the comparison is made against this number instead.
-    kv_seen: u64,
-    kv_watches: BTreeMap<(String, bool), CancellationToken>,
+    /// KV reads whose values moved since they were read, marked by the shared KV watch.
+    kv_dirty: watch::Sender<BTreeSet<KvDep>>,
+    kv_dirty_rx: watch::Receiver<BTreeSet<KvDep>>,
+    /// The shared KV watch: the reads it follows, and its stop.
+    kv_watch: Option<(BTreeSet<KvDep>, CancellationToken)>,
+    /// The catalog watcher's service list (its services feed), followed while a template
+    /// reads `services`.
+    service_list: watch::Receiver<Arc<ServiceTags>>,
+    service_list_open: bool,
     cancel: CancellationToken,
 }
 
@@ -284,9 +293,15 @@ impl Drop for CustomTemplates {
 
 impl CustomTemplates {
     /// Templates read from `root`; frontends binding one of `shared_ports` are merged into the
-    /// shared frontend.
-    pub fn new(root: PathBuf, shared_ports: Vec<u16>, client: ConsulClient) -> Self {
-        let (kv_tx, kv_rx) = watch::channel(0);
+    /// shared frontend. `service_list` is the catalog watcher's service list: a change of it
+    /// makes templates that read `services` read the list again.
+    pub fn new(
+        root: PathBuf,
+        shared_ports: Vec<u16>,
+        client: ConsulClient,
+        service_list: watch::Receiver<Arc<ServiceTags>>,
+    ) -> Self {
+        let (kv_dirty, kv_dirty_rx) = watch::channel(BTreeSet::new());
         CustomTemplates {
             root,
             shared_ports,
@@ -294,10 +309,11 @@ impl CustomTemplates {
             entries: BTreeMap::new(),
             data: DataCache::default(),
             refresh_all: false,
-            kv_tx,
-            kv_rx,
-            kv_seen: 0,
-            kv_watches: BTreeMap::new(),
+            kv_dirty,
+            kv_dirty_rx,
+            kv_watch: None,
+            service_list,
+            service_list_open: true,
             cancel: CancellationToken::new(),
         }
     }
@@ -317,10 +333,22 @@ impl CustomTemplates {
         self.refresh_all = true;
     }
 
-    /// Resolves when a KV key or prefix read by a template changed.
+    /// Resolves when a KV key or prefix read by a template changed, or when the catalog's
+    /// service list changed while a template reads it.
     pub async fn kv_changed(&mut self) {
-        if self.kv_rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
+        let follow_list = self.service_list_open && self.data.catalog.is_some();
+        tokio::select! {
+            r = self.kv_dirty_rx.changed() => {
+                if r.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            r = self.service_list.changed(), if follow_list => {
+                if r.is_err() {
+                    self.service_list_open = false;
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
 
@@ -393,10 +421,14 @@ impl CustomTemplates {
     /// Reads again what changed; true when anything was read.
     async fn refresh_stale(&mut self, catalog: &CatalogSnapshot) -> bool {
         let all = std::mem::take(&mut self.refresh_all);
-        let generation = *self.kv_rx.borrow_and_update();
-        let kv = generation != self.kv_seen;
-        self.kv_seen = generation;
-        let mut changed = false;
+        // Taken without notifying: the marks are consumed here, not announced.
+        let mut kv_moved = BTreeSet::new();
+        self.kv_dirty.send_if_modified(|d| {
+            kv_moved = std::mem::take(d);
+            false
+        });
+        // A marked read the cache lacks (its fetch failed) is fetched by the render's rounds.
+        let mut changed = !kv_moved.is_empty();
         let stale: Vec<String> = self
             .data
             .services
@@ -410,16 +442,34 @@ impl CustomTemplates {
                 warn!(service = %name, error = %e, "cannot read a service for custom templates; keeping the last read");
             }
         }
-        if all && self.data.catalog.is_some() {
+        let list_moved = self
+            .data
+            .catalog
+            .as_ref()
+            .is_some_and(|(_, seen)| **seen != **self.service_list.borrow());
+        if (all && self.data.catalog.is_some()) || list_moved {
             changed = true;
+            let seen = Arc::clone(&self.service_list.borrow());
             match self.client.template_services().await {
-                Ok(list) => self.data.catalog = Some(list),
+                Ok(list) => self.data.catalog = Some((list, seen)),
                 Err(e) => warn!(error = %e, "cannot read the service list for custom templates"),
             }
         }
-        if all || kv {
-            let keys: Vec<String> = self.data.keys.keys().cloned().collect();
-            let prefixes: Vec<String> = self.data.prefixes.keys().cloned().collect();
+        {
+            let keys: Vec<String> = self
+                .data
+                .keys
+                .keys()
+                .filter(|k| all || kv_moved.contains(&((*k).clone(), false)))
+                .cloned()
+                .collect();
+            let prefixes: Vec<String> = self
+                .data
+                .prefixes
+                .keys()
+                .filter(|p| all || kv_moved.contains(&((*p).clone(), true)))
+                .cloned()
+                .collect();
             changed |= !keys.is_empty() || !prefixes.is_empty();
             for key in keys {
                 match self.client.template_key(&key).await {
@@ -462,12 +512,13 @@ impl CustomTemplates {
                 .map_err(|e| format!("cannot read service {name:?} from Consul: {e}"))?;
         }
         if misses.catalog {
+            let seen = Arc::clone(&self.service_list.borrow());
             let list = self
                 .client
                 .template_services()
                 .await
                 .map_err(|e| format!("cannot read the service list from Consul: {e}"))?;
-            self.data.catalog = Some(list);
+            self.data.catalog = Some((list, seen));
         }
         for key in misses.keys {
             let v = self
@@ -536,8 +587,8 @@ impl CustomTemplates {
         }
     }
 
-    /// Drops cached data no template reads any more, and keeps one KV watch per key or prefix
-    /// that one does.
+    /// Drops cached data no template reads any more, and keeps the one KV watch on what the
+    /// templates read (restarted when that set changes).
     fn prune_and_watch(&mut self) {
         let mut services = BTreeSet::new();
         let mut keys = BTreeSet::new();
@@ -555,48 +606,62 @@ impl CustomTemplates {
         if !catalog {
             self.data.catalog = None;
         }
-        let wanted: BTreeSet<(String, bool)> = keys
+        let wanted: BTreeSet<KvDep> = keys
             .into_iter()
             .map(|k| (k, false))
             .chain(prefixes.into_iter().map(|p| (p, true)))
             .collect();
-        self.kv_watches.retain(|k, token| {
-            let keep = wanted.contains(k);
-            if !keep {
-                token.cancel();
-            }
-            keep
-        });
-        for (path, recurse) in wanted {
-            if self.kv_watches.contains_key(&(path.clone(), recurse)) {
-                continue;
-            }
-            let token = self.cancel.child_token();
-            let mut handle = self.client.watch_template_kv(
-                &path,
-                recurse,
-                WatchOptions::default(),
-                token.clone(),
-            );
-            let tx = self.kv_tx.clone();
-            let stop = token.clone();
-            tokio::spawn(async move {
-                // The first answer counts too: a change between the read that rendered the
-                // template and the watch's first answer must not be lost.
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        r = handle.changes.changed() => {
-                            if r.is_err() {
-                                break;
-                            }
-                            tx.send_modify(|n| *n = n.wrapping_add(1));
-                        }
-                    }
-                }
-            });
-            self.kv_watches.insert((path, recurse), token);
+        if self.kv_watch.as_ref().map(|(deps, _)| deps) == Some(&wanted) {
+            return;
         }
+        if let Some((_, stop)) = self.kv_watch.take() {
+            stop.cancel();
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let stop = self.cancel.child_token();
+        let prefix = kv_deps::spawn(
+            Arc::new(self.client.clone()),
+            wanted.clone(),
+            self.kv_projection(&wanted),
+            self.kv_dirty.clone(),
+            WatchOptions::default(),
+            stop.clone(),
+        );
+        debug!(
+            prefix,
+            reads = wanted.len(),
+            "custom templates: KV watch started"
+        );
+        self.kv_watch = Some((wanted, stop));
+    }
+
+    /// The projection of the KV values the cache holds for `deps`; a read the cache lacks (its
+    /// fetch failed) is left out, so the watch's first answer marks it.
+    fn kv_projection(&self, deps: &BTreeSet<KvDep>) -> kv_deps::Projection {
+        deps.iter()
+            .filter_map(|dep| {
+                let covered: Vec<(String, u64)> = if dep.1 {
+                    self.data
+                        .prefixes
+                        .get(&dep.0)?
+                        .iter()
+                        .map(|p| (p.key.clone(), p.modify_index))
+                        .collect()
+                } else {
+                    self.data
+                        .keys
+                        .get(&dep.0)?
+                        .iter()
+                        .map(|p| (p.key.clone(), p.modify_index))
+                        .collect()
+                };
+                let mut covered = covered;
+                covered.sort();
+                Some((dep.clone(), covered))
+            })
+            .collect()
     }
 }
 
