@@ -1,8 +1,8 @@
 //! Prometheus counters of how changes reach HAProxy, served by the API on `/metrics`.
 //!
 //! Owns: the metric registry and its counters (reloads, failed reloads, runtime updates and the
-//! runtime commands they sent, configuration checks run and skipped), and their text encoding
-//! in the OpenMetrics format.
+//! runtime commands they sent, configuration checks run and skipped, HAProxy restarts after a
+//! death), and their text encoding in the OpenMetrics format.
 //!
 //! Must not: decide anything. The reconciler increments the counters; the API only encodes
 //! them. No global registry: each [`Metrics`] is its own, so tests do not interfere.
@@ -34,6 +34,7 @@ struct Inner {
     runtime_commands: Counter,
     validations: Counter,
     validations_skipped: Counter,
+    haproxy_restarts: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -61,6 +62,7 @@ impl Metrics {
         let runtime_commands = Counter::default();
         let validations = Counter::default();
         let validations_skipped = Counter::default();
+        let haproxy_restarts = Counter::default();
         registry.register(
             "haproxy_reloads",
             "HAProxy reloads that went live",
@@ -91,6 +93,11 @@ impl Metrics {
             "Configurations installed unchecked because only server slot contents changed",
             validations_skipped.clone(),
         );
+        registry.register(
+            "haproxy_restarts",
+            "HAProxy masters found dead (or without workers) and started again from the last-known-good configuration",
+            haproxy_restarts.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -100,6 +107,7 @@ impl Metrics {
                 runtime_commands,
                 validations,
                 validations_skipped,
+                haproxy_restarts,
             }),
         }
     }
@@ -128,6 +136,16 @@ impl Metrics {
     /// Counts a configuration installed without a check.
     pub fn validation_skipped(&self) {
         self.inner.validations_skipped.inc();
+    }
+
+    /// Counts HAProxy found dead and started again.
+    pub fn haproxy_restarted(&self) {
+        self.inner.haproxy_restarts.inc();
+    }
+
+    /// HAProxy restarts so far.
+    pub fn haproxy_restarts(&self) -> u64 {
+        self.inner.haproxy_restarts.get()
     }
 
     /// Reloads that went live so far.
@@ -193,6 +211,18 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn haproxy_restarts_are_counted() {
+        let metrics = Metrics::new();
+        metrics.haproxy_restarted();
+        assert_eq!(metrics.haproxy_restarts(), 1);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("flow_proxy_haproxy_restarts_total 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct ReconcilerOptions {
     pub templates_root: std::path::PathBuf,
     /// Counters of reloads and runtime updates.
     pub metrics: Metrics,
+    /// How often the HAProxy master's pid is checked; a dead master is restarted at once
+    /// instead of at the next resync tick.
+    pub liveness_interval: Duration,
 }
 
 impl Default for ReconcilerOptions {
@@ -88,6 +91,7 @@ impl Default for ReconcilerOptions {
             stop_haproxy_on_exit: false,
             templates_root: std::path::PathBuf::from("/consul_templates"),
             metrics: Metrics::new(),
+            liveness_interval: Duration::from_millis(500),
         }
     }
 }
@@ -416,6 +420,8 @@ impl Reconciler {
         let mut tick = tokio::time::interval(self.options.resync_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.reset();
+        let mut liveness = tokio::time::interval(self.options.liveness_interval);
+        liveness.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut catalog_open = true;
         let mut intents_open = true;
         loop {
@@ -445,6 +451,13 @@ impl Reconciler {
                     batch.kv_changed = true;
                 }
                 _ = tick.tick() => batch.tick = true,
+                _ = liveness.tick() => {
+                    if self.supervisor.master_alive() {
+                        continue;
+                    }
+                    self.check_haproxy().await;
+                    batch.watcher = true;
+                }
                 _ = sleep_until_opt(overlay_expiry) => batch.watcher = true,
                 _ = self.custom.kv_changed() => batch.watcher = true,
             }
@@ -530,6 +543,7 @@ impl Reconciler {
         match self.supervisor.ensure_running().await {
             Ok(EnsureOutcome::Healthy) => debug!("HAProxy is running"),
             Ok(outcome) => {
+                self.options.metrics.haproxy_restarted();
                 warn!(
                     ?outcome,
                     "HAProxy was recovered; re-applying the runtime state"

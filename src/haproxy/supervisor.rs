@@ -398,6 +398,11 @@ impl Supervisor {
         self.master.as_ref().map(Master::pid)
     }
 
+    /// Whether the supervised master is alive (a cheap check: no socket, no process spawned).
+    pub fn master_alive(&self) -> bool {
+        self.master.as_ref().is_some_and(Master::alive)
+    }
+
     /// Checks `config_text` with `haproxy -c` (the live file is not touched).
     pub async fn validate(&self, config_text: &str) -> Result<(), ValidationError> {
         validate::check_to_tempfile(
@@ -773,9 +778,16 @@ impl Supervisor {
             let text = tokio::fs::read_to_string(self.paths.last_good())
                 .await
                 .map_err(|_| SupervisorError::NoLastGood(self.paths.last_good().to_path_buf()))?;
-            self.master = None;
-            let new_pid = self.start(&text).await?;
-            return Ok(EnsureOutcome::RestartedMaster { old_pid, new_pid });
+            // The dead master stays recorded until a start succeeds, so a failed start is
+            // tried again by the next call instead of being forgotten.
+            let dead = self.master.take();
+            return match self.start(&text).await {
+                Ok(new_pid) => Ok(EnsureOutcome::RestartedMaster { old_pid, new_pid }),
+                Err(e) => {
+                    self.master = dead;
+                    Err(e)
+                }
+            };
         }
         let procs = self.query_procs(Duration::from_secs(5)).await?;
         if !procs.workers.is_empty() {
