@@ -927,7 +927,9 @@ impl Supervisor {
             path: self.paths.log_file().to_path_buf(),
             source,
         })?;
-        let mut child = tokio::process::Command::new(&self.options.haproxy_binary)
+        let mut command = tokio::process::Command::new(&self.options.haproxy_binary);
+        process::new_session(&mut command);
+        let mut child = command
             .arg("-W")
             .arg("-S")
             .arg(format!("{},mode,600", self.paths.master_socket().display()))
@@ -939,9 +941,9 @@ impl Supervisor {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             // HAProxy must outlive a controller restart (it is adopted afterwards), and
-            // a terminal's Ctrl-C aimed at the controller must not reach it.
+            // a terminal's Ctrl-C or hang-up aimed at the controller must not reach it: it
+            // runs in its own session (see `process::new_session`).
             .kill_on_drop(false)
-            .process_group(0)
             .spawn()
             .map_err(|source| SupervisorError::Spawn {
                 binary: self.options.haproxy_binary.clone(),

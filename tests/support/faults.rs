@@ -306,9 +306,15 @@ impl ProxyProcess {
 
     /// Sends SIGTERM and returns how long the process took to exit (panics after 60 s).
     pub async fn terminate(&mut self) -> Duration {
+        signal(self.pid(), "TERM");
+        self.terminate_signalled().await
+    }
+
+    /// Waits for the exit after a SIGTERM already sent; returns how long it took (panics
+    /// after 60 s) and checks the exit status.
+    pub async fn terminate_signalled(&mut self) -> Duration {
         let mut child = self.child.take().expect("running");
         let started = std::time::Instant::now();
-        signal(child.id().expect("running"), "TERM");
         let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
             .await
             .expect("flow-proxy exits after SIGTERM")
@@ -382,13 +388,19 @@ pub async fn stop_haproxy(data_dir: &Path) {
 /// `show proc` on the master socket of the HAProxy in `data_dir`.
 pub async fn show_proc(data_dir: &Path) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::UnixStream::connect(data_dir.join("master.sock"))
+    let ask = async {
+        let mut s = tokio::net::UnixStream::connect(data_dir.join("master.sock"))
+            .await
+            .unwrap();
+        s.write_all(b"show proc\n").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    tokio::time::timeout(Duration::from_secs(20), ask)
         .await
-        .unwrap();
-    s.write_all(b"show proc\n").await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+        .expect("the master CLI answers show proc")
 }
 
 /// A counter's value on `/metrics` (0 when absent).
@@ -398,4 +410,50 @@ pub async fn metric(api: SocketAddr, name: &str) -> u64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// An HTTP backend that waits `delay` before answering `body` and a newline, on a keep-alive
+/// connection (HTTP/1.1, `Content-Length`), so connections through HAProxy stay open.
+pub async fn slow_backend(body: &str, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = format!("{body}\n");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The process group and session of `pid` (fields 5 and 6 of `/proc/<pid>/stat`).
+pub fn group_and_session(pid: u32) -> (u32, u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    (fields[2].parse().unwrap(), fields[3].parse().unwrap())
 }
