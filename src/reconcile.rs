@@ -512,6 +512,9 @@ impl Reconciler {
                     self.intents = merged;
                 }
             }
+            if !batch.pending.is_empty() {
+                self.reread_intents().await;
+            }
             if batch.tick {
                 self.check_haproxy().await;
                 self.custom.refresh_all();
@@ -535,6 +538,21 @@ impl Reconciler {
                     (Err(e), _, _) => Err(e.clone()),
                 };
                 let _ = tx.send(own);
+            }
+        }
+    }
+
+    /// Reads every intent from KV again before applying API requests. The requests were
+    /// persisted before they were sent here, so this read holds them, and also any later write
+    /// of the same service by another replica. Without it, a request merged over a watch
+    /// answer that already held another replica's later write would win here while KV holds
+    /// the other one, and no further watch answer would come to undo the difference. When the
+    /// read fails, the requests merged over the last watch answer stand.
+    async fn reread_intents(&mut self) {
+        match self.inputs.store.load_all().await {
+            Ok(intents) => self.intents = intents,
+            Err(error) => {
+                debug!(error = %chain(&error), "cannot read the intents again; keeping the requests as sent")
             }
         }
     }
