@@ -14,6 +14,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/flow-proxy /usr/local/bin/flow-proxy
 ENV DATA_DIR=/var/lib/flow-proxy
+# The container ends with its main process: stop HAProxy gracefully with it.
+ENV STOP_HAPROXY_ON_EXIT=true
 VOLUME ["/var/lib/flow-proxy"]
 EXPOSE 80 443 8080
 ENTRYPOINT ["/usr/local/bin/flow-proxy"]
