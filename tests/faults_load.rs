@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::faults::{Traffic, metric};
-use support::{Proxy, Registry, backend, haproxy_available};
+use support::{Proxy, Registry, backend, haproxy_available, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVICES: usize = 200;
@@ -85,17 +85,26 @@ async fn two_hundred_concurrent_reconfigures_are_all_persisted_routed_and_batche
     eprintln!("traffic during the load: {counts:?}");
 
     let keys = registry.kv_keys("edge/").await;
+    let mut late = Vec::new();
     for i in 0..n {
         let folder = format!("edge/svc{i}/");
         assert!(
             keys.iter().any(|k| k.starts_with(&folder)),
             "svc{i} is not persisted"
         );
-        assert_eq!(
-            proxy.get("localhost", &format!("/svc{i}")).await,
-            (200, "svc\n".to_owned()),
-            "svc{i} is not routed"
-        );
+        let got = proxy.get("localhost", &format!("/svc{i}")).await;
+        if got != (200, "svc\n".to_owned()) {
+            late.push((i, got));
+        }
+    }
+    // A route answered 200 is live; its instance may still be on its way from the catalog
+    // when the machine is very busy. Every service must be routed within the deadline.
+    eprintln!("not yet routed right after the calls: {late:?}");
+    for (i, _) in late {
+        wait_until(&format!("svc{i} is routed"), || async {
+            proxy.get("localhost", &format!("/svc{i}")).await == (200, "svc\n".to_owned())
+        })
+        .await;
     }
     assert!(reloads >= 1);
     assert!(
