@@ -217,6 +217,8 @@ struct Overlay {
 /// the snapshot lacks is either not in the catalog or not read by the watcher yet; a fresh read
 /// tells which, so a deregistration is never hidden for longer than this.
 const OVERLAY_TTL: Duration = Duration::from_secs(1);
+/// Attempts at applying the full runtime state when the runtime socket cuts the connection.
+const RUNTIME_STATE_ATTEMPTS: u32 = 3;
 /// Direct reads of one service before the watcher's view is trusted alone.
 const OVERLAY_MAX_READS: u32 = 30;
 
@@ -856,12 +858,24 @@ impl Reconciler {
             return Ok(());
         }
         let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
-        self.supervisor
-            .runtime_api()
-            .execute_checked(&lines)
-            .await
-            .map(drop)
-            .map_err(|e| ApplyError::Failed(chain(&e)))
+        // The commands set absolute values, so sending them again is safe. Right after a
+        // reload the runtime socket may be reset by a worker that is leaving (seen under load
+        // with many servers): a cut connection is retried a few times.
+        let mut attempt = 1;
+        loop {
+            match self.supervisor.runtime_api().execute_checked(&lines).await {
+                Ok(_) => return Ok(()),
+                Err(
+                    e @ (crate::haproxy::RuntimeApiError::Io { .. }
+                    | crate::haproxy::RuntimeApiError::Framing { .. }),
+                ) if attempt < RUNTIME_STATE_ATTEMPTS => {
+                    warn!(error = %chain(&e), attempt, "runtime state not applied; trying again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(ApplyError::Failed(chain(&e))),
+            }
+        }
     }
 
     fn went_live(
