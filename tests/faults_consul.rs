@@ -53,7 +53,7 @@ async fn every_consul_fault_keeps_traffic_flowing_and_writes_fail_cleanly() {
             "{mode:?}: {during} connections in 3 s: the watchers do not back off"
         );
         if !matches!(mode, Mode::Delay(_)) {
-            // A write fails with 503 and a clear message, in bounded time (the helper gives up
+            // A write fails with 503 and a clear message, in bounded time (the request gives up
             // after 20 s and reports status 0).
             let started = Instant::now();
             let (status, body) = proxy.call(RECONFIGURE_X).await;
