@@ -1,6 +1,6 @@
-//! Building blocks of the fault tests: traffic that keeps flowing through HAProxy while a fault is
-//! injected, the registry and flow-proxy as their own processes (so they can be stopped,
-//! killed and started again), in-process flow-proxy on any Consul address (the chaos proxy),
+//! Building blocks of the fault tests: traffic that keeps flowing through HAProxy while a
+//! fault is injected, the registry and flow-proxy as their own processes (so they can be
+//! stopped, killed and started again), in-process flow-proxy on any Consul address (the chaos proxy),
 //! and reading `/metrics`.
 
 use std::net::SocketAddr;
