@@ -3,10 +3,10 @@
 //!
 //! Owns: the metric registry and its metrics (reconciles and failed ones, reloads, failed
 //! reloads and their duration, runtime updates and the runtime commands they sent,
-//! configuration checks run and skipped, services and instances routed, the time of the last
-//! successful apply, Consul watch errors and Consul request latency), and their text encoding
-//! in the OpenMetrics format. HAProxy's own metrics come from its built-in exporter
-//! (`METRICS_PORT`), not from here.
+//! configuration checks run and skipped, HAProxy restarts after a death, services and
+//! instances routed, the time of the last successful apply, Consul watch errors and Consul
+//! request latency), and their text encoding in the OpenMetrics format. HAProxy's own metrics
+//! come from its built-in exporter (`METRICS_PORT`), not from here.
 //!
 //! Must not: decide anything. The reconciler increments the counters; the API only encodes
 //! them. No global registry: each [`Metrics`] is its own, so tests do not interfere.
@@ -51,6 +51,7 @@ struct Inner {
     runtime_commands: Counter,
     validations: Counter,
     validations_skipped: Counter,
+    haproxy_restarts: Counter,
     reconciles: Counter,
     reconcile_failures: Counter,
     reload_duration: Histogram,
@@ -96,6 +97,7 @@ impl Metrics {
         let runtime_commands = Counter::default();
         let validations = Counter::default();
         let validations_skipped = Counter::default();
+        let haproxy_restarts = Counter::default();
         registry.register(
             "haproxy_reloads",
             "HAProxy reloads that went live",
@@ -125,6 +127,11 @@ impl Metrics {
             "config_validations_skipped",
             "Configurations installed unchecked because only server slot contents changed",
             validations_skipped.clone(),
+        );
+        registry.register(
+            "haproxy_restarts",
+            "HAProxy masters found dead (or without workers) and started again from the last-known-good configuration",
+            haproxy_restarts.clone(),
         );
         let reconciles = Counter::default();
         let reconcile_failures = Counter::default();
@@ -193,6 +200,7 @@ impl Metrics {
                 last_apply,
                 consul_errors,
                 consul_duration,
+                haproxy_restarts,
             }),
         }
     }
@@ -254,6 +262,16 @@ impl Metrics {
     /// Counts a configuration installed without a check.
     pub fn validation_skipped(&self) {
         self.inner.validations_skipped.inc();
+    }
+
+    /// Counts HAProxy found dead and started again.
+    pub fn haproxy_restarted(&self) {
+        self.inner.haproxy_restarts.inc();
+    }
+
+    /// HAProxy restarts so far.
+    pub fn haproxy_restarts(&self) -> u64 {
+        self.inner.haproxy_restarts.get()
     }
 
     /// Reloads that went live so far.
@@ -371,6 +389,18 @@ mod tests {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap();
         assert!(stamp > 1.7e9, "{text}");
+    }
+
+    #[test]
+    fn haproxy_restarts_are_counted() {
+        let metrics = Metrics::new();
+        metrics.haproxy_restarted();
+        assert_eq!(metrics.haproxy_restarts(), 1);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("flow_proxy_haproxy_restarts_total 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct ReconcilerOptions {
     pub metrics: Metrics,
     /// Routes and weights declared in Consul tags and meta.
     pub tags: TagRouteSettings,
+    /// How often the HAProxy master's pid is checked; a dead master is restarted at once
+    /// instead of at the next resync tick.
+    pub liveness_interval: Duration,
 }
 
 impl Default for ReconcilerOptions {
@@ -92,6 +95,7 @@ impl Default for ReconcilerOptions {
             templates_root: std::path::PathBuf::from("/consul_templates"),
             metrics: Metrics::new(),
             tags: TagRouteSettings::default(),
+            liveness_interval: Duration::from_millis(500),
         }
     }
 }
@@ -224,6 +228,8 @@ struct Overlay {
 /// the snapshot lacks is either not in the catalog or not read by the watcher yet; a fresh read
 /// tells which, so a deregistration is never hidden for longer than this.
 const OVERLAY_TTL: Duration = Duration::from_secs(1);
+/// Attempts at applying the full runtime state when the runtime socket cuts the connection.
+const RUNTIME_STATE_ATTEMPTS: u32 = 3;
 /// Direct reads of one service before the watcher's view is trusted alone.
 const OVERLAY_MAX_READS: u32 = 30;
 
@@ -431,6 +437,8 @@ impl Reconciler {
         let mut tick = tokio::time::interval(self.options.resync_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.reset();
+        let mut liveness = tokio::time::interval(self.options.liveness_interval);
+        liveness.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut catalog_open = true;
         let mut intents_open = true;
         loop {
@@ -461,6 +469,13 @@ impl Reconciler {
                     batch.kv_changed = true;
                 }
                 _ = tick.tick() => batch.tick = true,
+                _ = liveness.tick() => {
+                    if self.supervisor.master_alive() {
+                        continue;
+                    }
+                    self.check_haproxy().await;
+                    batch.watcher = true;
+                }
                 _ = sleep_until_opt(overlay_expiry) => batch.watcher = true,
                 _ = sleep_until_opt(tag_expiry) => batch.watcher = true,
                 _ = self.custom.kv_changed() => batch.watcher = true,
@@ -516,6 +531,9 @@ impl Reconciler {
                     self.intents = merged;
                 }
             }
+            if !batch.pending.is_empty() {
+                self.reread_intents().await;
+            }
             if batch.tick {
                 self.check_haproxy().await;
                 self.custom.refresh_all();
@@ -544,10 +562,26 @@ impl Reconciler {
         }
     }
 
+    /// Reads every intent from KV again before applying API requests. The requests were
+    /// persisted before they were sent here, so this read holds them, and also any later write
+    /// of the same service by another replica. Without it, a request merged over a watch
+    /// answer that already held another replica's later write would win here while KV holds
+    /// the other one, and no further watch answer would come to undo the difference. When the
+    /// read fails, the requests merged over the last watch answer stand.
+    async fn reread_intents(&mut self) {
+        match self.inputs.store.load_all().await {
+            Ok(intents) => self.intents = intents,
+            Err(error) => {
+                debug!(error = %chain(&error), "cannot read the intents again; keeping the requests as sent")
+            }
+        }
+    }
+
     async fn check_haproxy(&mut self) {
         match self.supervisor.ensure_running().await {
             Ok(EnsureOutcome::Healthy) => debug!("HAProxy is running"),
             Ok(outcome) => {
+                self.options.metrics.haproxy_restarted();
                 warn!(
                     ?outcome,
                     "HAProxy was recovered; re-applying the runtime state"
@@ -883,12 +917,24 @@ impl Reconciler {
             return Ok(());
         }
         let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
-        self.supervisor
-            .runtime_api()
-            .execute_checked(&lines)
-            .await
-            .map(drop)
-            .map_err(|e| ApplyError::Failed(chain(&e)))
+        // The commands set absolute values, so sending them again is safe. Right after a
+        // reload the runtime socket may be reset by a worker that is leaving (seen under load
+        // with many servers): a cut connection is retried a few times.
+        let mut attempt = 1;
+        loop {
+            match self.supervisor.runtime_api().execute_checked(&lines).await {
+                Ok(_) => return Ok(()),
+                Err(
+                    e @ (crate::haproxy::RuntimeApiError::Io { .. }
+                    | crate::haproxy::RuntimeApiError::Framing { .. }),
+                ) if attempt < RUNTIME_STATE_ATTEMPTS => {
+                    warn!(error = %chain(&e), attempt, "runtime state not applied; trying again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(ApplyError::Failed(chain(&e))),
+            }
+        }
     }
 
     fn went_live(

@@ -1,6 +1,7 @@
 //! Low-level process and file helpers for the supervisor: sending signals to a pid,
-//! checking whether a pid is alive (and not a zombie), reading the pid file, and
-//! atomic file replacement (temporary file in the same directory, fsync, rename).
+//! checking whether a pid is alive (and not a zombie), starting a child in its own session,
+//! reading the pid file, and atomic file replacement (temporary file in the same directory,
+//! fsync, rename).
 //!
 //! Must not: decide when to signal or write anything; that is the supervisor's job.
 
@@ -38,6 +39,22 @@ fn to_pid(pid: u32) -> io::Result<libc::pid_t> {
             io::ErrorKind::InvalidInput,
             format!("invalid pid {pid}"),
         )),
+    }
+}
+
+/// Makes the child that `command` spawns the leader of a new session (and process group), so
+/// that signals aimed at the controller's group or terminal (Ctrl-C, hang-up, a service
+/// manager stopping the controller's group) never reach it.
+pub fn new_session(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2),
+    // which is async-signal-safe and touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -398,6 +398,11 @@ impl Supervisor {
         self.master.as_ref().map(Master::pid)
     }
 
+    /// Whether the supervised master is alive (a cheap check: no socket, no process spawned).
+    pub fn master_alive(&self) -> bool {
+        self.master.as_ref().is_some_and(Master::alive)
+    }
+
     /// Checks `config_text` with `haproxy -c` (the live file is not touched).
     pub async fn validate(&self, config_text: &str) -> Result<(), ValidationError> {
         validate::check_to_tempfile(
@@ -773,9 +778,16 @@ impl Supervisor {
             let text = tokio::fs::read_to_string(self.paths.last_good())
                 .await
                 .map_err(|_| SupervisorError::NoLastGood(self.paths.last_good().to_path_buf()))?;
-            self.master = None;
-            let new_pid = self.start(&text).await?;
-            return Ok(EnsureOutcome::RestartedMaster { old_pid, new_pid });
+            // The dead master stays recorded until a start succeeds, so a failed start is
+            // tried again by the next call instead of being forgotten.
+            let dead = self.master.take();
+            return match self.start(&text).await {
+                Ok(new_pid) => Ok(EnsureOutcome::RestartedMaster { old_pid, new_pid }),
+                Err(e) => {
+                    self.master = dead;
+                    Err(e)
+                }
+            };
         }
         let procs = self.query_procs(Duration::from_secs(5)).await?;
         if !procs.workers.is_empty() {
@@ -915,7 +927,9 @@ impl Supervisor {
             path: self.paths.log_file().to_path_buf(),
             source,
         })?;
-        let mut child = tokio::process::Command::new(&self.options.haproxy_binary)
+        let mut command = tokio::process::Command::new(&self.options.haproxy_binary);
+        process::new_session(&mut command);
+        let mut child = command
             .arg("-W")
             .arg("-S")
             .arg(format!("{},mode,600", self.paths.master_socket().display()))
@@ -927,9 +941,9 @@ impl Supervisor {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             // HAProxy must outlive a controller restart (it is adopted afterwards), and
-            // a terminal's Ctrl-C aimed at the controller must not reach it.
+            // a terminal's Ctrl-C or hang-up aimed at the controller must not reach it: it
+            // runs in its own session (see `process::new_session`).
             .kill_on_drop(false)
-            .process_group(0)
             .spawn()
             .map_err(|source| SupervisorError::Spawn {
                 binary: self.options.haproxy_binary.clone(),

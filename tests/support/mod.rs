@@ -2,6 +2,9 @@
 //! with its own ports and data directory, tiny HTTP backends, and raw HTTP requests.
 #![allow(dead_code)]
 
+pub mod chaos;
+pub mod faults;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
