@@ -8,7 +8,7 @@
 #   make demo            # builds flow-proxy, then runs this script
 #
 # Settings (environment): FLOW_PROXY_BIN (default target/debug/flow-proxy), DEMO_REGISTRY_PORT
-# (18500), DEMO_API_PORT (18080), DEMO_HTTP_PORT (18081), DEMO_BACKEND_PORTS ("19001 19002
+# (18500), DEMO_API_PORT (18080), DEMO_HTTP_PORT (18081), DEMO_HTTPS_PORT (18443), DEMO_BACKEND_PORTS ("19001 19002
 # 19003"). Needs HAProxy and curl.
 set -euo pipefail
 
@@ -17,6 +17,7 @@ BIN="${FLOW_PROXY_BIN:-target/debug/flow-proxy}"
 REGISTRY="127.0.0.1:${DEMO_REGISTRY_PORT:-18500}"
 API="127.0.0.1:${DEMO_API_PORT:-18080}"
 HTTP_PORT="${DEMO_HTTP_PORT:-18081}"
+HTTPS_PORT="${DEMO_HTTPS_PORT:-18443}"
 PROXY="127.0.0.1:$HTTP_PORT"
 read -r -a BACKEND_PORTS <<<"${DEMO_BACKEND_PORTS:-19001 19002 19003}"
 DEADLINE_SECONDS=60
@@ -73,8 +74,8 @@ wait_for() {
 
 start_proxy() {
     DATA_DIR="$WORK/data" EMBEDDED_REGISTRY_ADDRESS="$REGISTRY" API_ADDRESS="$API" \
-        BIND_ADDRESS=127.0.0.1 HTTP_PORT="$HTTP_PORT" STOP_HAPROXY_ON_EXIT=true \
-        "$BIN" server >>"$WORK/flow-proxy.log" 2>&1 &
+        BIND_ADDRESS=127.0.0.1 HTTP_PORT="$HTTP_PORT" HTTPS_PORT="$HTTPS_PORT" \
+        STOP_HAPROXY_ON_EXIT=true "$BIN" server >>"$WORK/flow-proxy.log" 2>&1 &
     PROXY_PID=$!
     wait_for "flow-proxy is ready" curl -sf "$API/v1/docker-flow-proxy/ping"
 }

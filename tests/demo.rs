@@ -19,6 +19,7 @@ fn the_demo_script_runs_to_completion() {
         .env("DEMO_REGISTRY_PORT", free_port().to_string())
         .env("DEMO_API_PORT", free_port().to_string())
         .env("DEMO_HTTP_PORT", free_port().to_string())
+        .env("DEMO_HTTPS_PORT", free_port().to_string())
         .env("DEMO_BACKEND_PORTS", backends)
         .output()
         .expect("bash runs");

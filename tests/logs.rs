@@ -134,6 +134,7 @@ async fn json_lines_and_reasons_of_every_reload_and_runtime_change() {
             ("API_ADDRESS", api.clone()),
             ("BIND_ADDRESS", "127.0.0.1".into()),
             ("HTTP_PORT", http_port.to_string()),
+            ("HTTPS_PORT", "0".into()),
             ("DATA_DIR", dir.path().display().to_string()),
             ("STOP_HAPROXY_ON_EXIT", "true".into()),
         ],

@@ -208,6 +208,8 @@ pub async fn proxy_on(consul: &str, instance: &str, extra: &[&str]) -> Proxy {
         http_port.to_string(),
         "--data-dir".to_owned(),
         data_dir.path().display().to_string(),
+        "--https-port".to_owned(),
+        "0".to_owned(),
     ]);
     argv.extend(extra.iter().map(|s| (*s).to_owned()));
     let cli = Cli::try_parse_from(argv).unwrap();
@@ -267,6 +269,7 @@ impl ProxyProcess {
             .args(["--proxy-instance-name", instance])
             .args(["--bind-address", "127.0.0.1"])
             .args(["--http-port", &http_port.to_string()])
+            .args(["--https-port", "0"])
             .args(["--api-address", &api.to_string()])
             .arg("--data-dir")
             .arg(data_dir)
