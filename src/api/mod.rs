@@ -14,6 +14,10 @@
 //! Must not: talk to HAProxy or build configuration; it only calls the intent store and the
 //! reconciler.
 
+pub mod auth;
+mod gate;
+pub mod limits;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +48,8 @@ pub struct ApiState {
     pub config_path: PathBuf,
     /// `TEMPLATES_ROOT`: custom templates are checked against it before they are persisted.
     pub templates_root: PathBuf,
+    /// The credentials every route but `ping` and the health checks requires.
+    pub auth: auth::ApiAuth,
 }
 
 /// Every way a request can fail, mapped to a status code in one place.
@@ -154,11 +160,13 @@ pub fn parse_query(raw: &str) -> Params {
     out
 }
 
-/// All routes. Path filters come first and no method filter is used, so every method is
-/// accepted and unknown paths answer 404 with an empty body.
+/// All routes, behind the gate (size limits, then authentication; `gate`). Path filters come
+/// first and no method filter is used, so every method is accepted and unknown paths answer
+/// 404 with an empty body.
 pub fn routes(
     state: ApiState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let auth = Arc::new(state.auth.clone());
     let state = Arc::new(state);
     let with_state = warp::any().map(move || Arc::clone(&state));
     let query = warp::query::raw()
@@ -231,7 +239,7 @@ pub fn routes(
         .and(with_state.clone())
         .map(|state: Arc<ApiState>| crate::metrics::reply(state.reconciler.metrics()));
 
-    reconfigure
+    let all = reconfigure
         .or(remove)
         .unify()
         .or(reload)
@@ -243,7 +251,8 @@ pub fn routes(
         .or(test)
         .unify()
         .or(metrics)
-        .unify()
+        .unify();
+    gate::gate(auth, all)
 }
 
 fn bad(e: impl std::fmt::Display) -> ApiError {
@@ -352,6 +361,14 @@ struct RouteJson {
 }
 
 async fn config(params: &Params, state: &ApiState) -> Response {
+    if let Some(kind) = params.get("type").filter(|t| !t.is_empty() && *t != "json") {
+        return error(
+            params,
+            &ApiError::BadRequest(format!(
+                "invalid type {kind:?}: the only accepted value is json"
+            )),
+        );
+    }
     if params.get("type").map(String::as_str) == Some("json") {
         let status = state.reconciler.status();
         let services = status

@@ -12,6 +12,7 @@ mod catalog;
 mod health;
 mod intent;
 mod names;
+mod stats;
 
 pub use catalog::{CatalogSnapshot, Instance, Weights};
 pub use health::Health;
@@ -20,3 +21,4 @@ pub use intent::{
     PathType, RawParams, ReconfigureEcho, ServiceIntent, TemplatePath,
 };
 pub use names::{InstanceId, MetaKey, MetaValue, NodeName, ServiceName, Tag, ValidationError};
+pub use stats::{STATS_URI, StatsError, StatsPage};
