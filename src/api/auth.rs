@@ -220,7 +220,10 @@ mod tests {
             assert!(ApiAuth::new(None, Some(bad)).is_err(), "{bad}");
         }
         let debug = format!("{:?}", ApiAuth::new(Some("s3cr3t"), Some("a:pw9")).unwrap());
-        assert!(!debug.contains("s3cr3t") && !debug.contains("pw9"), "{debug}");
+        assert!(
+            !debug.contains("s3cr3t") && !debug.contains("pw9"),
+            "{debug}"
+        );
     }
 
     #[test]
