@@ -11,6 +11,9 @@
 //! answered once it is live in HAProxy (500 with the reason otherwise, after restoring the
 //! previous intent).
 //!
+//! Every route sits behind the gate (`gate`): size limits (`limits`), then authentication
+//! (`auth`, `API_TOKEN` / `API_USERS`), so a route added to [`routes`] is covered by default.
+//!
 //! Must not: talk to HAProxy or build configuration; it only calls the intent store and the
 //! reconciler.
 
