@@ -1,5 +1,5 @@
 # The two commands of the README's Quick start are `make run` and `make test`.
-.PHONY: run test test-deps lint unit build bench demo
+.PHONY: run test test-deps lint unit build bench demo fuzz
 
 DATA_DIR ?= $(CURDIR)/.data
 export FLOW_PROXY_PYTHON ?= $(CURDIR)/target/py-venv/bin/python
@@ -50,3 +50,13 @@ bench:
 	command -v haproxy >/dev/null || (apt-get update && apt-get install -y haproxy)
 	cargo run --release --bin flow-proxy-bench -- --samples $(SAMPLES) \
 		$(foreach n,$(SCALE),--scale $(n)) --out BENCHMARKS.md
+
+# Fuzzes the API query parser and the template language (fuzz/, cargo-fuzz on the stable
+# toolchain without sanitizers) for FUZZ_SECONDS each; a crash fails the run.
+FUZZ_SECONDS ?= 30
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd fuzz && for target in api_query ctmpl; do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$target --sanitizer none -- \
+			-max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

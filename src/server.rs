@@ -14,15 +14,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::access_log::{self, AccessLogError};
+use crate::api::auth::ApiAuth;
 use crate::api::{self, ApiState};
 use crate::certs::{CertStore, CertsError};
 use crate::consul::{
     CatalogWatcher, CatalogWatcherOptions, ConfigError, ConsulClient, ConsulConfig, Interest,
 };
+use crate::domain::StatsPage;
 use crate::haproxy::{HaproxyPaths, PathsError, SoftStopSettings, Supervisor, SupervisorOptions};
 use crate::intent_store::{IntentStore, IntentStoreError};
 use crate::plan::PlanSettings;
 use crate::reconcile::{Reconciler, ReconcilerInputs, ReconcilerOptions};
+use crate::registry::acl::AclToken;
 use crate::registry::{self, RegistryConfig, RegistryError, RunningRegistry};
 use crate::render::{LogTarget, RenderSettings, Timeouts};
 use crate::settings::{
@@ -69,6 +72,12 @@ pub enum ServerError {
     /// The TLS certificates could not be prepared.
     #[error("certificates: {0}")]
     Certs(#[from] CertsError),
+    /// `API_USERS` is malformed.
+    #[error("API credentials: {0}")]
+    ApiAuth(#[from] crate::api::auth::AuthError),
+    /// `STATS_USER` / `STATS_PASS` are unusable.
+    #[error("statistics page: {0}")]
+    Stats(#[from] crate::domain::StatsError),
 }
 
 /// Runs `flow-proxy registry` until `shutdown` is cancelled.
@@ -80,6 +89,7 @@ pub async fn run_registry(
         args.embedded_registry_address,
         &args.data_dir,
         args.node_name.as_deref(),
+        AclToken::new(args.embedded_registry_token.as_deref()),
     )
     .await?;
     shutdown.cancelled().await;
@@ -107,6 +117,7 @@ pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> Result
         // Bad settings are reported before anything is bound.
         consul_config(addresses, &args.consul)?;
     }
+    security_settings(&args)?;
     let api_address = args.api_socket_address();
     let api_listener =
         TcpListener::bind(api_address)
@@ -129,14 +140,23 @@ pub async fn run_server_on(
             (consul_config(addresses, &args.consul)?, None)
         }
         _ => {
+            let token = AclToken::new(args.embedded_registry_token.as_deref());
             let running = start_registry(
                 args.embedded_registry_address,
                 &args.data_dir,
                 args.node_name.as_deref(),
+                token.clone(),
             )
             .await?;
             let address = format!("http://{}", running.local_addr());
-            (consul_config(&address, &args.consul)?, Some(running))
+            let mut config = consul_config(&address, &args.consul)?;
+            if let Some(token) = token {
+                // Our own client uses the token our registry requires.
+                config = config
+                    .with_token(Some(token.secret().to_owned()))
+                    .with_token_file(None);
+            }
+            (config, Some(running))
         }
     };
     let result = run_proxy(&args, consul_config, api_listener, &shutdown).await;
@@ -153,6 +173,7 @@ async fn run_proxy(
     api_listener: TcpListener,
     shutdown: &CancellationToken,
 ) -> Result<(), ServerError> {
+    let (auth, stats) = security_settings(args)?;
     let client = ConsulClient::new(&consul_config)?;
     let metrics = crate::metrics::Metrics::new();
     client.set_observer(std::sync::Arc::new(metrics.clone()));
@@ -181,7 +202,8 @@ async fn run_proxy(
     let log_address = access_log::spawn(watchers.clone()).await?;
     let render = RenderSettings {
         global_lines: paths.global_lines(&SoftStopSettings::default()),
-        defaults_lines: paths.defaults_lines(),
+        defaults_lines: paths.defaults_lines()
+            + &stats.map(|s| s.defaults_lines()).unwrap_or_default(),
         log: Some(LogTarget::Udp(log_address)),
         timeouts: Timeouts {
             connect: args.timeout_connect,
@@ -263,6 +285,9 @@ async fn run_proxy(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    if let Ok(address) = api_listener.local_addr() {
+        auth.warn_if_exposed(address);
+    }
     let api = api::serve(
         api_listener,
         ApiState {
@@ -272,6 +297,7 @@ async fn run_proxy(
             templates_root: args.templates_root.clone(),
             certs,
             reserved_ports: vec![args.http_port, args.https_port],
+            auth,
         },
         api_stop.clone(),
     );
@@ -302,6 +328,13 @@ async fn run_proxy(
     Ok(())
 }
 
+/// The API credentials and the statistics page, validated.
+fn security_settings(args: &ServerArgs) -> Result<(ApiAuth, Option<StatsPage>), ServerError> {
+    let auth = ApiAuth::new(args.api_token.as_deref(), args.api_users.as_deref())?;
+    let stats = StatsPage::from_settings(args.stats_user.as_deref(), args.stats_pass.as_deref())?;
+    Ok((auth, stats))
+}
+
 fn consul_config(addresses: &str, args: &ConsulArgs) -> Result<ConsulConfig, ServerError> {
     Ok(ConsulConfig::new(addresses)?
         .with_token(args.consul_token.clone())
@@ -319,6 +352,7 @@ async fn start_registry(
     address: SocketAddr,
     data_dir: &std::path::Path,
     node_name: Option<&str>,
+    acl_token: Option<AclToken>,
 ) -> Result<RunningRegistry, ServerError> {
     let dir = data_dir.join(REGISTRY_SUBDIR);
     tokio::fs::create_dir_all(&dir)
@@ -333,6 +367,7 @@ async fn start_registry(
     let config = RegistryConfig {
         data_dir: Some(dir.clone()),
         node_name: node_name_or_hostname(node_name),
+        acl_token,
         ..RegistryConfig::default()
     };
     let running = registry::spawn(listener, config).await?;

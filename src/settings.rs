@@ -229,6 +229,28 @@ pub struct ServerArgs {
     #[arg(long, env = "RESYNC_INTERVAL", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_interval: u64,
+    /// Bearer token the control API requires (`Authorization: Bearer <token>`); `ping`,
+    /// `/v1/test` and `/v2/test` stay open.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Users the control API accepts with basic authentication: `user:pass,user2:pass2`.
+    #[arg(long, env = "API_USERS", hide_env_values = true)]
+    pub api_users: Option<String>,
+
+    /// User of HAProxy's statistics page (`/admin?stats`); the page is served only when both
+    /// `STATS_USER` and `STATS_PASS` are set.
+    #[arg(long, env = "STATS_USER")]
+    pub stats_user: Option<String>,
+
+    /// Password of HAProxy's statistics page.
+    #[arg(long, env = "STATS_PASS", hide_env_values = true)]
+    pub stats_pass: Option<String>,
+
+    /// ACL token the embedded registry requires on every endpoint but `/v1/status/*`;
+    /// flow-proxy's own client then sends it.
+    #[arg(long, env = "EMBEDDED_REGISTRY_TOKEN", hide_env_values = true)]
+    pub embedded_registry_token: Option<String>,
 }
 
 /// The API's default port, DFP's.
@@ -303,6 +325,10 @@ pub struct RegistryArgs {
     /// Name of this node (defaults to the host name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// ACL token required on every endpoint but `/v1/status/*`.
+    #[arg(long, env = "EMBEDDED_REGISTRY_TOKEN", hide_env_values = true)]
+    pub embedded_registry_token: Option<String>,
 }
 
 /// The embedded registry keeps its state in this subdirectory of `DATA_DIR`, so that

@@ -41,7 +41,7 @@ async fn bad_input_is_refused_and_live_state_is_unchanged() {
     assert_eq!(
         body,
         format!(
-            r#"{{"Status":"NOK","Message":"{MANDATORY}","ServiceName":"","ServiceColor":"","ServicePath":["/x"],"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false,"HttpsOnly":false,"HttpsRedirectCode":""}}"#
+            r#"{{"Status":"NOK","Message":"{MANDATORY}","ServiceName":"","ServiceColor":"","ServicePath":["/x"],"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false}}"#
         )
     );
     let (status, body) = proxy

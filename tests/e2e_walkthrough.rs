@@ -24,7 +24,7 @@ async fn readme_walkthrough() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        r#"{"Status":"OK","Message":"","ServiceName":"go-demo","ServiceColor":"","ServicePath":["/demo"],"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false,"HttpsOnly":false,"HttpsRedirectCode":""}"#
+        r#"{"Status":"OK","Message":"","ServiceName":"go-demo","ServiceColor":"","ServicePath":["/demo"],"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false}"#
     );
     let keys = registry.kv_keys("docker-flow/go-demo/").await;
     assert!(

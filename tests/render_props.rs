@@ -1,8 +1,12 @@
-//! Property tests of parsing and rendering: no parameter value can add a line, a section or a
-//! token to the configuration; output is deterministic and ends with a newline.
+//! Property tests of parsing and rendering: no value, from the API (parameters, raw query
+//! strings) or from Consul (service names, instance IDs, node names, tags, meta), can add a
+//! line, a section or a token to the configuration or to a custom template's output; parsing
+//! and rendering (the template language included) never panic; output is deterministic and
+//! ends with a newline.
 //!
-//! Inputs come from a small deterministic generator over an alphabet rich in characters that
-//! are dangerous in `haproxy.cfg` (newlines, `#`, quotes, backslashes, whitespace, `$`).
+//! Inputs come from a small deterministic generator and from proptest strategies over an
+//! alphabet rich in characters that are dangerous in `haproxy.cfg` (newlines, `#`, quotes,
+//! backslashes, whitespace, `$`) plus any character.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -252,4 +256,208 @@ fn rendering_is_deterministic_under_permuted_inputs() {
         assert_eq!(build(&order, &inst), reference);
     }
     assert!(reference.ends_with('\n'));
+}
+
+// ---------------------------------------------------------------------------------------------
+// proptest: Consul-side values, raw API query strings, the template language and the
+// statistics credentials.
+
+use flow_proxy::ctmpl::{ServiceEntry, StaticSource, Template};
+use flow_proxy::domain::{MetaKey, MetaValue, StatsPage, Tag};
+use proptest::prelude::*;
+
+/// Strings rich in what is dangerous in `haproxy.cfg`, plus any character at all.
+fn dangerous() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            prop::sample::select(ALPHABET.to_vec()).prop_map(str::to_owned),
+            any::<char>().prop_map(|c| c.to_string()),
+            "[a-z0-9.:_-]{1,6}",
+        ],
+        0..8,
+    )
+    .prop_map(|v| v.concat())
+}
+
+/// What no accepted value may hold: it would end a token, a line or start a comment.
+fn breaks_a_token(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '#' | '"' | '\'' | '`' | '\\'))
+}
+
+/// Prints every field of every instance on one line each, as a custom template would.
+const ALL_FIELDS: &str = "{{range service \"app\" \"any\"}}server {{.Node}} {{.Address}}:{{.Port}} id={{.ID}} tags={{join \",\" .Tags}} meta={{range $k, $v := .ServiceMeta}}{{$k}}={{$v}};{{end}}\n{{end}}";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Service names, instance IDs, node names, tags and meta read from Consul: a value the
+    /// validated types accept cannot break a token, and neither the generated configuration nor
+    /// a custom template printing every field gains a line or a token.
+    #[test]
+    fn consul_values_cannot_add_lines_or_tokens(
+        name in dangerous(),
+        id in dangerous(),
+        node in dangerous(),
+        tags in prop::collection::vec(dangerous(), 0..4),
+        meta in prop::collection::vec((dangerous(), dangerous()), 0..4),
+    ) {
+        let name = ServiceName::new(name.as_str()).ok();
+        let id = InstanceId::new(id.as_str()).ok();
+        let node = NodeName::new(node.as_str()).ok();
+        let tags: BTreeSet<Tag> = tags.iter().filter_map(|t| Tag::new(t.as_str()).ok()).collect();
+        let meta: BTreeMap<MetaKey, MetaValue> = meta
+            .iter()
+            .filter_map(|(k, v)| Some((MetaKey::new(k.as_str()).ok()?, MetaValue::new(v.as_str()).ok()?)))
+            .collect();
+        for accepted in name.iter().map(|n| n.as_str())
+            .chain(id.iter().map(|i| i.as_str()))
+            .chain(node.iter().map(|n| n.as_str()))
+            .chain(tags.iter().map(|t| t.as_str()))
+            .chain(meta.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]))
+        {
+            prop_assert!(!breaks_a_token(accepted), "accepted {accepted:?}");
+        }
+        let name = name.unwrap_or_else(|| ServiceName::new("app").unwrap());
+        let instance = Instance {
+            id: id.unwrap_or_else(|| InstanceId::new("i1").unwrap()),
+            node: node.unwrap_or_else(|| NodeName::new("n1").unwrap()),
+            address: "10.0.0.1".parse().unwrap(),
+            port: 8080,
+            tags,
+            meta,
+            health: Health::Passing,
+            weights: Weights::default(),
+        };
+
+        // The generated configuration.
+        let mut params = BTreeMap::new();
+        params.insert("serviceName".to_owned(), name.as_str().to_owned());
+        params.insert("servicePath".to_owned(), "/x".to_owned());
+        let intent = ServiceIntent::from_params(&params).unwrap();
+        let mut catalog = CatalogSnapshot::new();
+        catalog.set_service(name.clone(), vec![instance.clone(), instance.clone()]);
+        let settings = RenderSettings::default();
+        let empty = render(
+            &plan(&BTreeMap::new(), &CatalogSnapshot::new(), &SlotTable::default(), &PlanSettings::default()),
+            &settings,
+        ).unwrap();
+        let intents: BTreeMap<ServiceName, ServiceIntent> = [(name.clone(), intent)].into();
+        let p = plan(&intents, &catalog, &SlotTable::default(), &PlanSettings::default());
+        let text = render(&p, &settings).unwrap().into_string();
+        prop_assert_eq!(text.lines().count(), expected_lines(&p, empty.as_str().lines().count()));
+        check_tokens(&text);
+
+        // A custom template printing every field: one line per instance, fixed token count.
+        let entry = ServiceEntry {
+            node: instance.node.as_str().to_owned(),
+            node_address: "10.0.0.9".to_owned(),
+            id: instance.id.as_str().to_owned(),
+            name: "app".to_owned(),
+            address: instance.address.to_string(),
+            port: 8080,
+            tags: instance.tags.iter().map(|t| t.as_str().to_owned()).collect(),
+            service_meta: instance.meta.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_str().to_owned())).collect(),
+            ..ServiceEntry::default()
+        };
+        let mut source = StaticSource::default();
+        source.add_service(entry.clone());
+        source.add_service(ServiceEntry { id: format!("{}-2", entry.id), ..entry });
+        let out = Template::parse("all", ALL_FIELDS).unwrap().render(&source).unwrap().text;
+        prop_assert_eq!(out.lines().count(), 2, "{}", out);
+        for line in out.lines() {
+            prop_assert_eq!(line.split_whitespace().count(), 6, "{}", line);
+            prop_assert!(!line.contains(['#', '"', '\'', '`', '\\']), "{}", line);
+        }
+    }
+
+    /// Raw query strings, percent-encoded or not: parsing never panics, a refusal is a one-line
+    /// message, and an accepted intent renders with exactly its own lines.
+    #[test]
+    fn raw_api_queries_never_panic_or_add_lines(
+        pairs in prop::collection::vec(
+            (
+                prop::sample::select(vec![
+                    "serviceName", "servicePath", "serviceDomain", "pathType", "serviceColor",
+                    "skipCheck", "consulTemplatePath", "unknown",
+                ]),
+                dangerous(),
+                any::<bool>(),
+            ),
+            0..8,
+        ),
+        noise in dangerous(),
+    ) {
+        let mut raw = String::new();
+        for (k, v, encode) in &pairs {
+            let v = if *encode {
+                form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+            } else {
+                v.clone()
+            };
+            raw.push_str(&format!("{k}={v}&"));
+        }
+        raw.push_str(&noise);
+        let params = flow_proxy::api::parse_query(&raw);
+        match ServiceIntent::from_params(&params) {
+            Err(e) => prop_assert!(!e.to_string().contains('\n')),
+            Ok(intent) => {
+                let name = intent.name.clone();
+                let cat = intent.catalog_service.clone();
+                let intents: BTreeMap<ServiceName, ServiceIntent> = [(name, intent)].into();
+                let p = plan(&intents, &catalog_for(&[&cat]), &SlotTable::default(), &PlanSettings::default());
+                let text = render(&p, &RenderSettings::default()).unwrap().into_string();
+                let empty = render(
+                    &plan(&BTreeMap::new(), &CatalogSnapshot::new(), &SlotTable::default(), &PlanSettings::default()),
+                    &RenderSettings::default(),
+                ).unwrap();
+                prop_assert_eq!(text.lines().count(), expected_lines(&p, empty.as_str().lines().count()));
+                check_tokens(&text);
+            }
+        }
+    }
+
+    /// The template language: parsing and rendering arbitrary text never panics.
+    #[test]
+    fn templates_never_panic(
+        pieces in prop::collection::vec(
+            prop_oneof![
+                prop::sample::select(vec![
+                    "{{", "}}", "{{-", "-}}", "range", "end", "if", "else", "with", "$x", ":=",
+                    "=", "|", "(", ")", ".", ".Node", "service", "\"app\"", "`raw`", "printf",
+                    "\"%s\"", "key", "ls", "join", "index", "slice", "1", "-1", "0x10", "nil",
+                    "/*", "*/", " ", "\n", "$", ",", "len", "eq", "and", "or", "not", "break",
+                ]).prop_map(str::to_owned),
+                dangerous(),
+            ],
+            0..24,
+        ),
+    ) {
+        let source_text = pieces.concat();
+        let mut source = StaticSource::default();
+        source.add_service(ServiceEntry {
+            node: "n1".into(),
+            id: "app1".into(),
+            name: "app".into(),
+            port: 80,
+            ..ServiceEntry::default()
+        });
+        if let Ok(t) = Template::parse("fuzz", &source_text) {
+            let _ = t.render(&source);
+        }
+    }
+
+    /// Statistics credentials that are accepted produce exactly DFP's five `defaults` lines and
+    /// one `user:pass` token.
+    #[test]
+    fn stats_credentials_stay_one_token(user in dangerous(), pass in dangerous()) {
+        if let Ok(page) = StatsPage::new(&user, &pass) {
+            let lines = page.defaults_lines();
+            prop_assert_eq!(lines.lines().count(), 5);
+            let auth: Vec<&str> = lines.lines().nth(3).unwrap().split_whitespace().collect();
+            prop_assert_eq!(auth.len(), 3);
+            prop_assert_eq!(auth[2], format!("{user}:{pass}"));
+            prop_assert!(!breaks_a_token(&user) && !breaks_a_token(&pass));
+        }
+    }
 }

@@ -12,10 +12,16 @@
 //! answered once it is live in HAProxy (500 with the reason otherwise, after restoring the
 //! previous intent).
 //!
+//! Every route sits behind the gate (`gate`): size limits (`limits`), then authentication
+//! (`auth`, `API_TOKEN` / `API_USERS`), so a route added to [`routes`] is covered by default.
+//!
 //! Must not: talk to HAProxy or build configuration; it only calls the intent store and the
 //! reconciler.
 
+pub mod auth;
 mod certs;
+mod gate;
+pub mod limits;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -53,6 +59,8 @@ pub struct ApiState {
     pub certs: crate::certs::CertStore,
     /// Ports no TCP or SNI service may take (`HTTP_PORT`, `HTTPS_PORT`).
     pub reserved_ports: Vec<u16>,
+    /// The credentials every route but `ping` and the health checks requires.
+    pub auth: auth::ApiAuth,
 }
 
 /// Every way a request can fail, mapped to a status code in one place.
@@ -112,9 +120,10 @@ pub struct ResponseBody {
     path_type: String,
     #[serde(rename = "SkipCheck")]
     skip_check: bool,
-    #[serde(rename = "HttpsOnly")]
+    /// Only when set, so a request of DFP 1.0.3 gets 1.0.3's exact body.
+    #[serde(rename = "HttpsOnly", skip_serializing_if = "std::ops::Not::not")]
     https_only: bool,
-    #[serde(rename = "HttpsRedirectCode")]
+    #[serde(rename = "HttpsRedirectCode", skip_serializing_if = "String::is_empty")]
     https_redirect_code: String,
     /// The routing parameters that were given (`Users`, `ReqMode`, ...), after `SkipCheck`.
     #[serde(flatten)]
@@ -173,11 +182,13 @@ pub fn parse_query(raw: &str) -> Params {
     out
 }
 
-/// All routes. Path filters come first and no method filter is used, so every method is
-/// accepted and unknown paths answer 404 with an empty body.
+/// All routes, behind the gate (size limits, then authentication; `gate`). Path filters come
+/// first and no method filter is used, so every method is accepted and unknown paths answer
+/// 404 with an empty body.
 pub fn routes(
     state: ApiState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let auth = Arc::new(state.auth.clone());
     let state = Arc::new(state);
     let with_state = warp::any().map(move || Arc::clone(&state));
     let query = warp::query::raw()
@@ -267,7 +278,7 @@ pub fn routes(
         .and(with_state.clone())
         .map(|state: Arc<ApiState>| crate::metrics::reply(state.reconciler.metrics()));
 
-    reconfigure
+    let all = reconfigure
         .or(remove)
         .unify()
         .or(reload)
@@ -283,7 +294,8 @@ pub fn routes(
         .or(cert)
         .unify()
         .or(cert_list)
-        .unify()
+        .unify();
+    gate::gate(auth, all)
 }
 
 fn bad(e: impl std::fmt::Display) -> ApiError {
@@ -471,6 +483,14 @@ struct RouteJson {
 }
 
 async fn config(params: &Params, state: &ApiState) -> Response {
+    if let Some(kind) = params.get("type").filter(|t| !t.is_empty() && *t != "json") {
+        return error(
+            params,
+            &ApiError::BadRequest(format!(
+                "invalid type {kind:?}: the only accepted value is json"
+            )),
+        );
+    }
     if params.get("type").map(String::as_str) == Some("json") {
         let status = state.reconciler.status();
         let services = status
@@ -578,7 +598,7 @@ mod tests {
         let body = ResponseBody::from(ReconfigureEcho::from_params(&Params::new(), "OK", ""));
         assert_eq!(
             serde_json::to_string(&body).unwrap(),
-            r#"{"Status":"OK","Message":"","ServiceName":"","ServiceColor":"","ServicePath":null,"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false,"HttpsOnly":false,"HttpsRedirectCode":""}"#
+            r#"{"Status":"OK","Message":"","ServiceName":"","ServiceColor":"","ServicePath":null,"ServiceDomain":"","ConsulTemplateFePath":"","ConsulTemplateBePath":"","PathType":"","SkipCheck":false}"#
         );
     }
 }

@@ -6,8 +6,13 @@
 //! (custom templates watch the common prefix of everything they read with one). It must not
 //! loop, cache or render; the caller decides when to read.
 //!
-//! Unlike the catalog watcher's reads, nothing is validated or resolved here: templates print
-//! what Consul holds, as consul-template does, and their output is checked by `haproxy -c`.
+//! Unlike the catalog watcher's reads, nothing is resolved here: templates print what Consul
+//! holds, as consul-template does, and their output is checked by `haproxy -c`. Every string of
+//! a service instance (name, ID, node, addresses, tags, meta, check fields) and of the service
+//! list still passes the domain's validated types, so that no registration can smuggle a line,
+//! a quote or a comment into `haproxy.cfg` through a template: an instance with an invalid
+//! value is dropped with a warning, an invalid name or tag leaves the service list. KV values
+//! are printed as written (they are the operator's own configuration).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ctmpl::{CatalogService, HealthCheck, KvPair as TemplateKvPair, ServiceEntry, Weights};
+use crate::domain::{InstanceId, MetaKey, MetaValue, NodeName, ServiceName, Tag, ValidationError};
 
 use super::blocking::{BlockingQuery, WatchHandle, WatchOptions, spawn_watch};
 use super::catalog::require_ok;
@@ -76,6 +82,68 @@ fn string_values(map: Option<BTreeMap<String, serde_json::Value>>) -> BTreeMap<S
         .collect()
 }
 
+/// Checks every string of an instance against the domain's types (addresses and check fields
+/// as free text: visible ASCII without quotes, backslashes or `#`).
+fn check_entry(e: &ServiceEntry) -> Result<(), ValidationError> {
+    ServiceName::new(e.name.as_str())?;
+    InstanceId::new(e.id.as_str())?;
+    NodeName::new(e.node.as_str())?;
+    MetaValue::new(e.address.as_str())?;
+    MetaValue::new(e.node_address.as_str())?;
+    for t in &e.tags {
+        Tag::new(t.as_str())?;
+    }
+    for (k, v) in &e.service_meta {
+        MetaKey::new(k.as_str())?;
+        MetaValue::new(v.as_str())?;
+    }
+    for c in &e.checks {
+        for field in [
+            &c.node,
+            &c.check_id,
+            &c.status,
+            &c.service_id,
+            &c.service_name,
+        ] {
+            MetaValue::new(field.as_str())?;
+        }
+    }
+    Ok(())
+}
+
+/// The entries whose every value is valid; the others are dropped with a warning.
+fn valid_entries(service: &str, entries: Vec<ServiceEntry>) -> Vec<ServiceEntry> {
+    entries
+        .into_iter()
+        .filter(|e| match check_entry(e) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(service, instance = ?e.id, %error, "template data: dropping invalid instance");
+                false
+            }
+        })
+        .collect()
+}
+
+/// The services whose name is valid, each with its valid tags.
+fn valid_services(wire: CatalogServicesWire) -> Vec<CatalogService> {
+    wire.into_iter()
+        .filter_map(|(name, tags)| {
+            if let Err(error) = ServiceName::new(name.as_str()) {
+                tracing::warn!(%error, "template data: ignoring service with an invalid name");
+                return None;
+            }
+            let mut tags: Vec<String> = tags
+                .into_iter()
+                .filter(|t| Tag::new(t.as_str()).is_ok())
+                .collect();
+            tags.sort();
+            tags.dedup();
+            Some(CatalogService { name, tags })
+        })
+        .collect()
+}
+
 fn convert_pair(p: KvPair) -> TemplateKvPair {
     TemplateKvPair {
         key: p.key,
@@ -112,7 +180,7 @@ impl super::ConsulClient {
         require_ok(&resp, &what)?;
         let wire: Vec<HealthEntryWire> =
             serde_json::from_slice(&resp.body).map_err(|e| ConsulError::decode(what, e))?;
-        let mut out: Vec<ServiceEntry> = wire.into_iter().map(convert_entry).collect();
+        let mut out = valid_entries(service, wire.into_iter().map(convert_entry).collect());
         out.sort_by(|a, b| (&a.node, &a.id).cmp(&(&b.node, &b.id)));
         Ok(out)
     }
@@ -125,14 +193,7 @@ impl super::ConsulClient {
         require_ok(&resp, "catalog services")?;
         let wire: CatalogServicesWire = serde_json::from_slice(&resp.body)
             .map_err(|e| ConsulError::decode("catalog services", e))?;
-        Ok(wire
-            .into_iter()
-            .map(|(name, mut tags)| {
-                tags.sort();
-                tags.dedup();
-                CatalogService { name, tags }
-            })
-            .collect())
+        Ok(valid_services(wire))
     }
 
     /// The pair at `path`, or `None` when the key does not exist.
@@ -232,5 +293,68 @@ mod tests {
                 ("Serf Health Status", "", "Agent alive and reachable"),
             ]
         );
+    }
+
+    fn entry() -> ServiceEntry {
+        ServiceEntry {
+            node: "node1".into(),
+            node_address: "10.0.0.1".into(),
+            id: "host:app_1:8080".into(),
+            name: "app".into(),
+            address: "10.0.0.2".into(),
+            port: 8080,
+            tags: vec!["v1".into()],
+            service_meta: [("k".to_owned(), "v".to_owned())].into(),
+            ..ServiceEntry::default()
+        }
+    }
+
+    #[test]
+    fn instances_with_unsafe_values_are_dropped() {
+        let mut bad = Vec::new();
+        for v in ["a\nb", "a b", "a#b", "a\"b", "x'", "`", "a\\b", "\r"] {
+            let v = v.to_owned();
+            let mut e = entry();
+            e.address = v.clone();
+            bad.push(e);
+            let mut e = entry();
+            e.node_address = v.clone();
+            bad.push(e);
+            let mut e = entry();
+            e.tags.push(v.clone());
+            bad.push(e);
+            let mut e = entry();
+            e.service_meta.insert("k".into(), v.clone());
+            bad.push(e);
+            let mut e = entry();
+            e.node = v.clone();
+            bad.push(e);
+            let mut e = entry();
+            e.id = v.clone();
+            bad.push(e);
+        }
+        let n = bad.len();
+        let mut all = bad;
+        all.push(entry());
+        let kept = valid_entries("app", all);
+        assert_eq!(kept, vec![entry()], "{n} invalid entries should be dropped");
+    }
+
+    #[test]
+    fn service_list_keeps_only_valid_names_and_tags() {
+        let wire: CatalogServicesWire = [
+            (
+                "app".to_owned(),
+                vec!["b".to_owned(), "a b".to_owned(), "a".to_owned()],
+            ),
+            ("bad name".to_owned(), vec![]),
+            ("x\ny".to_owned(), vec![]),
+        ]
+        .into_iter()
+        .collect();
+        let out = valid_services(wire);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].name, "app");
+        assert_eq!(out[0].tags, vec!["a".to_owned(), "b".to_owned()]);
     }
 }

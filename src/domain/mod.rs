@@ -15,6 +15,7 @@ mod intent;
 mod names;
 mod redirect;
 mod routing;
+mod stats;
 pub mod tag_intent;
 
 pub use catalog::{CatalogSnapshot, Instance, Weights};
@@ -32,3 +33,4 @@ pub use routing::{
     SRC_PORT_MANDATORY, StickyKey, StickyKeyError, User, UserName, Users, check_conflicts,
     routing_echo,
 };
+pub use stats::{STATS_URI, StatsError, StatsPage};

@@ -229,18 +229,42 @@ async fn handle(
     full_path: String,
     method: Method,
     raw_query: String,
-    _headers: HeaderMap,
+    headers: HeaderMap,
     body: Bytes,
 ) -> warp::reply::Response {
     let query: Vec<(String, String)> = form_urlencoded::parse(raw_query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let Some(rest) = full_path.strip_prefix("/v1/") else {
+    let path = full_path.strip_prefix("/v1/").map(percent_decode);
+    if let Some(required) = &core.config.acl_token {
+        let token = super::acl::request_token(&query, &headers);
+        let mut resp = match super::acl::check(required, path.as_deref().unwrap_or(""), token) {
+            Ok(()) => handle_allowed(core, path, method, raw_query, query, body).await,
+            Err(denied) => finish(Resp::text(StatusCode::FORBIDDEN, denied.body()), false),
+        };
+        resp.headers_mut().insert(
+            "X-Consul-Default-ACL-Policy",
+            warp::http::HeaderValue::from_static("deny"),
+        );
+        return resp;
+    }
+    handle_allowed(core, path, method, raw_query, query, body).await
+}
+
+async fn handle_allowed(
+    core: Arc<Core>,
+    path: Option<String>,
+    method: Method,
+    raw_query: String,
+    query: Vec<(String, String)>,
+    body: Bytes,
+) -> warp::reply::Response {
+    let Some(path) = path else {
         return finish(Resp::new(StatusCode::NOT_FOUND, Bytes::new(), None), false);
     };
     let req = Req {
         method,
-        path: percent_decode(rest),
+        path,
         raw_query,
         query,
         body,

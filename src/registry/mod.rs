@@ -7,6 +7,7 @@
 //! persistence.
 //!
 //! Module map:
+//! - [`acl`]: the optional ACL token (`EMBEDDED_REGISTRY_TOKEN`) and Consul's 403 answers.
 //! - [`store`]: the pure state machine (commands, index entries).
 //! - [`kv`]: the KV table, tombstones and transactions.
 //! - [`catalog`]: registration decoding/validation and catalog/health/agent views.
@@ -23,8 +24,9 @@
 //! - Sessions have no lock delay, and only TTL expiry or destruction invalidates them
 //!   (a linked check turning critical does not). A TTL session expires after twice its
 //!   TTL without renewal, as Consul allows. `/v1/txn` accepts only KV operations.
-//! - `filter`, `near` and `node-meta` are accepted and ignored; ACLs are not enforced
-//!   (`X-Consul-Default-ACL-Policy: allow`); the servers' own `consul` service is only
+//! - `filter`, `near` and `node-meta` are accepted and ignored. ACLs are reduced to one
+//!   optional token ([`RegistryConfig::acl_token`]) that may do everything; without it nothing
+//!   is enforced (`X-Consul-Default-ACL-Policy: allow`); the servers' own `consul` service is only
 //!   shown with [`RegistryConfig::register_consul_service`].
 //! - Script, docker, gRPC and alias checks are stored but not executed. HTTP and TCP
 //!   probes run their first probe immediately instead of after a random stagger.
@@ -37,6 +39,7 @@
 //! serialises writes, makes them durable and wakes blocked readers. It must not know
 //! anything about HAProxy or flow-proxy's own data.
 
+pub mod acl;
 pub mod blocking;
 pub mod catalog;
 pub mod checks;
@@ -85,6 +88,8 @@ pub struct RegistryConfig {
     pub shutdown_grace: Duration,
     /// Command-log records after which a snapshot is written and the log emptied.
     pub compact_after_records: usize,
+    /// When set, every endpoint but `/v1/status/*` requires this token (403 otherwise).
+    pub acl_token: Option<acl::AclToken>,
 }
 
 fn default_node_name() -> String {
@@ -110,6 +115,7 @@ impl Default for RegistryConfig {
             min_session_ttl: session::MIN_TTL,
             shutdown_grace: Duration::from_secs(10),
             compact_after_records: 1000,
+            acl_token: None,
         }
     }
 }
