@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -25,6 +26,9 @@ use flow_proxy::settings::{Cli, Command};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+mod churn;
+mod counting_proxy;
 
 /// Command line of the suite.
 #[derive(Debug, Parser)]
@@ -48,6 +52,19 @@ struct Args {
     /// Where to write the report (Markdown); printed only when absent.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Length of the errors-under-churn run (`wrk`), in seconds.
+    #[arg(long, default_value_t = 30)]
+    churn_secs: u64,
+    /// Reconfigures (each a new service) during the errors-under-churn run.
+    #[arg(long, default_value_t = 100)]
+    churn_reconfigures: usize,
+    /// Instance registrations plus deregistrations during the errors-under-churn run.
+    #[arg(long, default_value_t = 500)]
+    churn_events: usize,
+    /// How long the scale scenario watches the requests sent to the registry while idle, in
+    /// seconds.
+    #[arg(long, default_value_t = 15)]
+    idle_secs: u64,
 }
 
 /// How long one sample may take before the run is abandoned.
@@ -62,6 +79,18 @@ async fn main() -> Result<()> {
 
     let rescale = rescale(&env, app, &args).await?;
     let reconfigure = reconfigure(&env, app, &args).await?;
+    let other = backend("other").await?;
+    let churn = churn::run(
+        &env,
+        app,
+        other,
+        &churn::Plan {
+            duration: Duration::from_secs(args.churn_secs),
+            reconfigures: args.churn_reconfigures,
+            events: args.churn_events,
+        },
+    )
+    .await?;
     let old_workers = env.master()?.show_proc(Duration::from_secs(5)).await?;
     let rss = rss_kib();
     env.stop().await?;
@@ -74,6 +103,8 @@ async fn main() -> Result<()> {
         samples: args.samples,
         rescale,
         reconfigure,
+        churn,
+        churn_secs: args.churn_secs,
         old_workers: old_workers.old_worker_count(),
         rss_kib: rss,
     }
@@ -141,10 +172,16 @@ impl Drop for Env {
 
 impl Env {
     async fn start(reg: Reg) -> Result<Env> {
+        let raddr = reg.addr;
+        Env::start_via(reg, raddr).await
+    }
+
+    /// Like [`Env::start`], with flow-proxy talking to the registry through `consul`.
+    async fn start_via(reg: Reg, consul: SocketAddr) -> Result<Env> {
         let Reg {
             running,
             client,
-            addr: raddr,
+            addr: _,
         } = reg;
         let data_dir = tempfile::Builder::new().prefix("fpb").tempdir_in("/tmp")?;
         let http_port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -156,7 +193,7 @@ impl Env {
             "flow-proxy".to_owned(),
             "server".to_owned(),
             "--consul-address".to_owned(),
-            format!("http://{raddr}"),
+            format!("http://{consul}"),
             "--bind-address".to_owned(),
             "127.0.0.1".to_owned(),
             "--http-port".to_owned(),
@@ -219,11 +256,16 @@ impl Env {
     }
 
     async fn reloads(&self) -> Result<u64> {
+        self.counter("flow_proxy_haproxy_reloads_total").await
+    }
+
+    /// A counter from `/metrics`.
+    async fn counter(&self, name: &str) -> Result<u64> {
         let (_, text) = self.call("/metrics").await;
         text.lines()
-            .find_map(|l| l.strip_prefix("flow_proxy_haproxy_reloads_total "))
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| anyhow!("no reload counter in /metrics: {text}"))
+            .ok_or_else(|| anyhow!("no {name} in /metrics: {text}"))
     }
 
     fn config_path(&self) -> PathBuf {
@@ -490,6 +532,11 @@ struct Scale {
     reloads_during_rescale: u64,
     config_lines: usize,
     rss_kib: Option<u64>,
+    idle_requests_per_s: f64,
+    /// Fewest and most blocking queries open at once while idle.
+    idle_blocking: (i64, i64),
+    /// Most connections open to the registry at once while idle.
+    idle_connections: i64,
 }
 
 /// `services` routed services of 10 instances each, their intents in KV and instances in the
@@ -533,8 +580,9 @@ async fn scale(services: usize, app: u16, args: &Args) -> Result<Scale> {
     }
     drop(jobs);
     let setup = setup_started.elapsed();
+    let relay = counting_proxy::CountingProxy::start(reg.addr).await?;
     let started = Instant::now();
-    let env = Env::start(reg).await?;
+    let env = Env::start_via(reg, relay.addr).await?;
     wait_for("the first service is routed", || async {
         env.get("/sc0").await.0 == 200
     })
@@ -578,6 +626,21 @@ async fn scale(services: usize, app: u16, args: &Args) -> Result<Scale> {
         .await?;
     }
     let reloads_during_rescale = env.reloads().await? - reloads_before;
+
+    // Idle: nothing changes; count what flow-proxy asks of the registry.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counters = &relay.counters;
+    let requests_before = counters.requests.load(Ordering::Relaxed);
+    let idle_started = Instant::now();
+    let mut blocking = Vec::new();
+    let mut connections = Vec::new();
+    while idle_started.elapsed() < Duration::from_secs(args.idle_secs) {
+        blocking.push(counters.blocking_open.load(Ordering::Relaxed));
+        connections.push(counters.connections_open.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let idle_requests_per_s = (counters.requests.load(Ordering::Relaxed) - requests_before) as f64
+        / idle_started.elapsed().as_secs_f64();
     let config_lines = tokio::fs::read_to_string(env.config_path())
         .await?
         .lines()
@@ -593,6 +656,12 @@ async fn scale(services: usize, app: u16, args: &Args) -> Result<Scale> {
         reloads_during_rescale,
         config_lines,
         rss_kib,
+        idle_requests_per_s,
+        idle_blocking: (
+            blocking.iter().copied().min().unwrap_or(0),
+            blocking.iter().copied().max().unwrap_or(0),
+        ),
+        idle_connections: connections.iter().copied().max().unwrap_or(0),
     })
 }
 
@@ -601,6 +670,8 @@ struct Report {
     samples: usize,
     rescale: Rescale,
     reconfigure: Reconfigure,
+    churn: churn::Outcome,
+    churn_secs: u64,
     old_workers: usize,
     rss_kib: Option<u64>,
 }
@@ -706,9 +777,50 @@ impl Report {
              intent in KV, reads the service, renders, checks with `haproxy -c`, reloads and \
              confirms. **Baseline**: a raw master-CLI reload of the resulting file, confirmed \
              through `show proc`, to the first 200 on the same path.\n\
-             - Not measured by this suite yet: errors under churn with `wrk`, requests per second \
-             sent to the registry while idle and the number of open blocking queries at scale \
-             (a test, `catalog_watcher_connections_do_not_grow_with_services`, checks the latter)."
+             - **3. Errors under churn**: `wrk` on a routed path served by two stable instances \
+             while reconfigures (each a new service, so each a reload) and instance registrations \
+             and deregistrations (instances of the routed service, on live backends) are spread \
+             evenly over the run, its last second left quiet. Socket errors and non-2xx answers \
+             are `wrk`'s own counts; the old workers and their resident memory are read from \
+             `show proc` and `/proc` right after `wrk` ends.\n\
+             - **Scale, idle**: flow-proxy talks to the registry through a counting TCP relay in \
+             the bench; requests are HTTP request lines, blocking queries those with `index=` \
+             still waiting for their answer, sampled every 100 ms over the idle window."
+        );
+        let ch = &self.churn;
+        let met = |ok: bool| if ok { "met" } else { "not met" };
+        let _ = writeln!(
+            s,
+            "\n## 3. Errors under churn\n\n\
+             `{}` for {} s while {} reconfigures ({} answered 200, {} not) and {} instance \
+             registrations and deregistrations happened.\n\n\
+             | figure | value | target |\n|---|---|---|\n\
+             | requests served | {} | |\n\
+             | socket errors (connect / read / write / timeout) | {} ({} / {} / {} / {}) | 0: {} |\n\
+             | non-2xx answers | {} | 0: {} |\n\
+             | reloads during the run | {} | one per reconfigure at most |\n\
+             | runtime updates during the run | {} | |\n\
+             | old workers right after the run | {} | |\n\
+             | their resident memory | {:.1} MiB | |",
+            ch.wrk_args,
+            self.churn_secs,
+            ch.reconfigures_ok + ch.reconfigures_failed,
+            ch.reconfigures_ok,
+            ch.reconfigures_failed,
+            ch.events_done,
+            ch.requests,
+            ch.socket_errors.total(),
+            ch.socket_errors.connect,
+            ch.socket_errors.read,
+            ch.socket_errors.write,
+            ch.socket_errors.timeout,
+            met(ch.socket_errors.total() == 0),
+            ch.non_2xx,
+            met(ch.non_2xx == 0),
+            ch.reloads,
+            ch.runtime_updates,
+            ch.old_workers,
+            ch.old_workers_rss_kib as f64 / 1024.0,
         );
         if !self.scales.is_empty() {
             let _ = writeln!(
@@ -720,13 +832,13 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "| services | servers | config lines | setup (registry) s | start → first live config ms | reconfigure one more → 200 ms | rescale ms | reloads during rescale | RSS of bench process |"
+                "| services | servers | config lines | setup (registry) s | start → first live config ms | reconfigure one more → 200 ms | rescale ms | reloads during rescale | RSS of bench process | registry requests/s while idle | blocking queries open while idle (min–max) | connections to the registry while idle (max) |"
             );
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
             for c in &self.scales {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} / {:.1} | {} | {} |",
+                    "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} / {:.1} | {} | {} | {:.2} | {}–{} | {} |",
                     c.services,
                     c.services * 10,
                     c.config_lines,
@@ -741,7 +853,11 @@ impl Report {
                     c.rss_kib.map_or("unknown".to_owned(), |k| format!(
                         "{:.1} MiB",
                         k as f64 / 1024.0
-                    ))
+                    )),
+                    c.idle_requests_per_s,
+                    c.idle_blocking.0,
+                    c.idle_blocking.1,
+                    c.idle_connections,
                 );
             }
         }
