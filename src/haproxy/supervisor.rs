@@ -694,7 +694,8 @@ impl Supervisor {
                 Err(e) if e.is_transient() => debug!(error = %e, "master CLI unavailable"),
                 Err(e) => return Err(e.into()),
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Short: the new worker answers requests as soon as it is listed.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
