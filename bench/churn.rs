@@ -132,7 +132,7 @@ pub async fn run(env: &Env, app: u16, other: u16, plan: &Plan) -> Result<Outcome
                 env.client.agent_deregister(&id).await?;
             } else {
                 let id = format!("churn-{next}");
-                let port = if next % 2 == 0 { app } else { other };
+                let port = if next.is_multiple_of(2) { app } else { other };
                 env.register("churn", &id, port).await?;
                 live.push_back(id);
                 next += 1;
