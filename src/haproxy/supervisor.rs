@@ -708,7 +708,8 @@ impl Supervisor {
             return false;
         }
         let result = match self.runtime.show_servers_state().await {
-            Ok(text) => process::write_atomic(self.paths.server_state(), text.into_bytes())
+            // Read by the new worker moments later: no fsync on the reload's path.
+            Ok(text) => process::write_replace(self.paths.server_state(), text.into_bytes())
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
