@@ -835,7 +835,7 @@ impl Report {
              | requests served | {} | |\n\
              | socket errors (connect / read / write / timeout) | {} ({} / {} / {} / {}) | 0: {} |\n\
              | non-2xx answers | {} | 0: {} |\n\
-             | reloads during the run | {} | one per reconfigure at most |\n\
+             | reloads during the run | {} | the reconfigures and any slot growth |\n\
              | runtime updates during the run | {} | |\n\
              | old workers right after the run | {} | |\n\
              | their resident memory | {:.1} MiB | |",
@@ -902,7 +902,7 @@ impl Report {
             let constant = blocking.len() == 1;
             let _ = writeln!(
                 s,
-                "\n- Blocking queries open on the registry while idle: {} at every size                  (target: constant): {}.",
+                "\n- Blocking queries open on the registry while idle: {} at the sizes measured (target: constant): {}.",
                 self.scales
                     .iter()
                     .map(|c| format!("{}–{}", c.idle_blocking.0, c.idle_blocking.1))
