@@ -67,6 +67,9 @@ struct Args {
     idle_secs: u64,
 }
 
+/// How long an API call may take.
+const API_DEADLINE: Duration = Duration::from_secs(120);
+
 /// How long one sample may take before the run is abandoned.
 const SAMPLE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -78,8 +81,11 @@ async fn main() -> Result<()> {
     let env = Env::start(Reg::start().await?).await?;
     let app = backend("app").await?;
 
+    eprintln!("1. rescale-to-routable");
     let rescale = rescale(&env, app, &args).await?;
+    eprintln!("2. reconfigure-to-routable");
     let reconfigure = reconfigure(&env, app, &args).await?;
+    eprintln!("3. errors under churn");
     let other = backend("other").await?;
     let churn = churn::run(
         &env,
@@ -96,11 +102,20 @@ async fn main() -> Result<()> {
     let rss = rss_kib();
     env.stop().await?;
     let mut scales = Vec::new();
+    let mut failed_scales = Vec::new();
     for n in &args.scale {
-        scales.push(scale(*n, app, &args).await?);
+        eprintln!("scale: {n} services");
+        match scale(*n, app, &args).await {
+            Ok(s) => scales.push(s),
+            Err(e) => {
+                eprintln!("scale {n} failed: {e:#}");
+                failed_scales.push((*n, format!("{e:#}")));
+            }
+        }
     }
     let report = Report {
         scales,
+        failed_scales: failed_scales.clone(),
         samples: args.samples,
         rescale,
         reconfigure,
@@ -122,6 +137,9 @@ async fn main() -> Result<()> {
         tokio::fs::write(out, &report)
             .await
             .with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    if let Some((n, e)) = failed_scales.first() {
+        bail!("the scale scenario failed at {n} services: {e}");
     }
     Ok(())
 }
@@ -234,8 +252,9 @@ impl Env {
         Ok(env)
     }
 
+    /// An API call; a `reconfigure` answers once its change is live, which takes long at scale.
     async fn call(&self, path: &str) -> (u16, String) {
-        http(self.api.port(), "localhost", path).await
+        http_within(self.api.port(), "localhost", path, API_DEADLINE).await
     }
 
     async fn api_ok(&self, path: &str) -> Result<()> {
@@ -695,6 +714,8 @@ async fn scale(services: usize, app: u16, args: &Args) -> Result<Scale> {
 
 struct Report {
     scales: Vec<Scale>,
+    /// Sizes whose run failed, with the error (reported, and the run exits with an error).
+    failed_scales: Vec<(usize, String)>,
     samples: usize,
     rescale: Rescale,
     reconfigure: Reconfigure,
@@ -859,7 +880,7 @@ impl Report {
             ch.old_workers,
             ch.old_workers_rss_kib as f64 / 1024.0,
         );
-        if !self.scales.is_empty() {
+        if !self.scales.is_empty() || !self.failed_scales.is_empty() {
             let _ = writeln!(
                 s,
                 "\n## Scale\n\nServices of 10 instances each (health checks off), intents in KV and \
@@ -895,6 +916,14 @@ impl Report {
                     c.idle_blocking.0,
                     c.idle_blocking.1,
                     c.idle_connections,
+                );
+            }
+            for (n, e) in &self.failed_scales {
+                let _ = writeln!(
+                    s,
+                    "| {n} | {} | failed: {} |||||||||",
+                    n * 10,
+                    e.replace('|', "/")
                 );
             }
             let blocking: BTreeSet<(i64, i64)> =
@@ -976,8 +1005,14 @@ where
     Ok(())
 }
 
-/// One raw HTTP/1.1 GET; (status, body). Status 0 when the connection failed.
+/// One raw HTTP/1.1 GET; (status, body). Status 0 when the connection failed or no answer
+/// came within 10 s.
 async fn http(port: u16, host: &str, path: &str) -> (u16, String) {
+    http_within(port, host, path, Duration::from_secs(10)).await
+}
+
+/// [`http`] with its own deadline.
+async fn http_within(port: u16, host: &str, path: &str, deadline: Duration) -> (u16, String) {
     let attempt = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
@@ -989,7 +1024,7 @@ async fn http(port: u16, host: &str, path: &str) -> (u16, String) {
         let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
         Some((status, body))
     };
-    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+    match tokio::time::timeout(deadline, attempt).await {
         Ok(Some(r)) => r,
         _ => (0, String::new()),
     }
