@@ -8,7 +8,7 @@
 //! Must not: run as part of the test suite, assert timings, or send load anywhere but
 //! 127.0.0.1. Run with `make bench` (see README.md).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -926,12 +926,13 @@ impl Report {
                     e.replace('|', "/")
                 );
             }
-            let blocking: BTreeSet<(i64, i64)> =
-                self.scales.iter().map(|c| c.idle_blocking).collect();
-            let constant = blocking.len() == 1;
+            // flow-proxy keeps three catalog feeds and the watch of its intents, whatever the
+            // number of services; a watch between two of its requests shows as one less.
+            let constant = self.scales.iter().all(|c| c.idle_blocking.1 <= 4);
             let _ = writeln!(
                 s,
-                "\n- Blocking queries open on the registry while idle: {} at the sizes measured (target: constant): {}.",
+                "\n- Blocking queries open on the registry while idle: {} at the sizes measured (target: constant; flow-proxy holds at most four, three catalog \
+                 feeds and the watch of its intents, fewer while one is between two requests): {}.",
                 self.scales
                     .iter()
                     .map(|c| format!("{}–{}", c.idle_blocking.0, c.idle_blocking.1))
