@@ -1,5 +1,5 @@
 # The two commands of the README's Quick start are `make run` and `make test`.
-.PHONY: run test test-deps lint unit build bench demo fuzz
+.PHONY: run test test-deps lint unit build bench bench-smoke demo fuzz
 
 DATA_DIR ?= $(CURDIR)/.data
 export FLOW_PROXY_PYTHON ?= $(CURDIR)/target/py-venv/bin/python
@@ -38,8 +38,9 @@ lint:
 unit:
 	cargo nextest run --profile ci
 
-# The whole test suite: installs what it needs, enforces formatting and lints, runs every test.
-test: test-deps lint unit
+# The whole test suite: installs what it needs, enforces formatting and lints, runs every test,
+# then a short run of the benchmark suite that fails only if the suite itself fails.
+test: test-deps lint unit bench-smoke
 
 # The benchmark suite against a real HAProxy on 127.0.0.1; rewrites BENCHMARKS.md from the run.
 # SAMPLES (default 20) is the number of samples per row; SCALE lists the sizes of the scale
@@ -48,6 +49,7 @@ SAMPLES ?= 20
 SCALE ?= 10
 bench:
 	command -v haproxy >/dev/null || (apt-get update && apt-get install -y haproxy)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	cargo run --release --bin flow-proxy-bench -- --samples $(SAMPLES) \
 		$(foreach n,$(SCALE),--scale $(n)) --out BENCHMARKS.md
 
@@ -60,3 +62,9 @@ fuzz:
 		RUSTC_BOOTSTRAP=1 cargo fuzz run $$target --sanitizer none -- \
 			-max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+
+# A short run of the benchmark suite (a debug build, few samples, small scale, well under a
+# minute): prints its figures, asserts nothing about them, fails if a scenario cannot run.
+bench-smoke:
+	cargo run --bin flow-proxy-bench -- --samples 2 --gap-ms 500 --scale 10 \
+		--churn-secs 4 --churn-reconfigures 10 --churn-events 50 --idle-secs 3

