@@ -472,11 +472,15 @@ async fn https_only_redirects_plain_http_and_serves_https() {
     let mut tcp = TcpStream::connect(("127.0.0.1", proxy.http_port))
         .await
         .unwrap();
-    let (status, head, _) = request(&mut tcp, "app.example.test", "/web/page?x=1").await;
+    // The redirect names HTTPS_PORT, whatever port the Host header carried.
+    let host = format!("app.example.test:{}", proxy.http_port);
+    let (status, head, _) = request(&mut tcp, &host, "/web/page?x=1").await;
     assert_eq!(status, 301, "{head}");
     assert_eq!(
-        header(&head, "location").as_deref(),
-        Some("https://app.example.test/web/page?x=1")
+        header(&head, "location"),
+        Some(format!(
+            "https://app.example.test:{https_port}/web/page?x=1"
+        ))
     );
     let (status, body, _) = https_get(https_port, "app.example.test", "/web/page").await;
     assert_eq!((status, body.as_str()), (200, "tls-ok\n"));

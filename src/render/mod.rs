@@ -226,6 +226,8 @@ struct BackendView {
 #[derive(Template)]
 #[template(path = "haproxy.cfg")]
 struct ConfigView<'a> {
+    /// `:<HTTPS_PORT>` for the `httpsOnly` redirects, empty for 443 (or no HTTPS port).
+    https_port_suffix: String,
     global_lines: &'a str,
     defaults_lines: &'a str,
     log: Option<String>,
@@ -374,6 +376,10 @@ pub fn render_with_custom(
         custom_backends,
         health: settings.health.map(|h| h.to_string()),
         metrics: settings.metrics.map(|m| m.to_string()),
+        https_port_suffix: match settings.https_port {
+            Some(443) | None => String::new(),
+            Some(port) => format!(":{port}"),
+        },
         frontend_lines: routing::frontend_lines(plan),
         default_backend: routing::default_backend(plan),
         extra_sections: routing::extra_sections(plan, settings),

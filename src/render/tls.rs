@@ -120,9 +120,18 @@ mod render_tests {
             "{text}"
         );
         assert!(text.contains(
-            "backend secure-be\n    http-request redirect scheme https code 301 if !{ ssl_fc }\n"
-        ));
-        assert_eq!(text.matches("redirect scheme").count(), 1, "{text}");
+            "backend secure-be\n    http-request redirect location https://%[req.hdr(host),field(1,:)]:8443%[pathq] code 301 if !{ ssl_fc }\n"
+        ), "{text}");
+        assert_eq!(text.matches("redirect location").count(), 1, "{text}");
+        let standard = RenderSettings {
+            https_port: Some(443),
+            ..settings
+        };
+        let text = render(&p, &standard).unwrap().into_string();
+        assert!(
+            text.contains("redirect location https://%[req.hdr(host),field(1,:)]%[pathq] code 301"),
+            "{text}"
+        );
         let plain = RenderSettings::for_tests();
         let text = render(&p, &plain).unwrap().into_string();
         assert!(text.contains("    bind 0.0.0.0:443\n"), "{text}");
