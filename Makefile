@@ -11,6 +11,10 @@ API_ADDRESS ?= 127.0.0.1:8080
 # Runs flow-proxy and HAProxy on the embedded registry, unprivileged, with their state inside
 # the checkout: HAProxy on 127.0.0.1:$(HTTP_PORT) (HTTPS on $(HTTPS_PORT)), the API on $(API_ADDRESS).
 run:
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || { \
+		echo "installing HAProxy (apt-get$$([ "$$(id -u)" -eq 0 ] || echo ', through sudo'))"; \
+		if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq haproxy; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq haproxy; fi; }
 	DATA_DIR=$(DATA_DIR) HTTP_PORT=$(HTTP_PORT) HTTPS_PORT=$(HTTPS_PORT) API_ADDRESS=$(API_ADDRESS) \
 		BIND_ADDRESS=127.0.0.1 \
 		STOP_HAPROXY_ON_EXIT=true \

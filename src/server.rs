@@ -4,8 +4,9 @@
 //! registry, the Consul client, the watchers, the reconciler and the API.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -247,7 +248,7 @@ async fn run_proxy(
     let supervisor = Supervisor::new(
         paths.clone(),
         SupervisorOptions {
-            haproxy_binary: args.haproxy_bin.clone(),
+            haproxy_binary: find_haproxy(&args.haproxy_bin, std::env::var_os("PATH")),
             ..SupervisorOptions::default()
         },
     );
@@ -373,4 +374,59 @@ async fn start_registry(
     let running = registry::spawn(listener, config).await?;
     info!(address = %running.local_addr(), data_dir = %dir.display(), "embedded registry listening");
     Ok(running)
+}
+
+/// Where HAProxy is: `HAPROXY_BIN` as given when it is a path or found on `PATH`; a bare name
+/// missing from `PATH` is looked for in `/usr/sbin` and `/usr/local/sbin` too, which Debian
+/// leaves out of unprivileged users' `PATH` although its `haproxy` package installs there.
+fn find_haproxy(bin: &Path, path: Option<OsString>) -> PathBuf {
+    let bare = bin.components().count() == 1 && !bin.as_os_str().is_empty();
+    if !bare {
+        return bin.to_path_buf();
+    }
+    let on_path = path
+        .iter()
+        .flat_map(std::env::split_paths)
+        .any(|dir| dir.join(bin).is_file());
+    if on_path {
+        return bin.to_path_buf();
+    }
+    ["/usr/sbin", "/usr/local/sbin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(bin))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| bin.to_path_buf())
+}
+
+#[cfg(test)]
+mod find_haproxy_tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_name_missing_from_path_is_found_in_sbin() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("haproxy");
+        std::fs::write(&fake, "").unwrap();
+        // Found on PATH: kept as given.
+        assert_eq!(
+            find_haproxy(
+                Path::new("haproxy"),
+                Some(dir.path().as_os_str().to_owned())
+            ),
+            PathBuf::from("haproxy")
+        );
+        // A path is never searched.
+        assert_eq!(find_haproxy(&fake, Some(OsString::new())), fake);
+        // Missing from an empty PATH: /usr/sbin when HAProxy is installed there, else as given.
+        let found = find_haproxy(Path::new("haproxy"), Some(OsString::new()));
+        if Path::new("/usr/sbin/haproxy").is_file() {
+            assert_eq!(found, PathBuf::from("/usr/sbin/haproxy"));
+        } else {
+            assert_eq!(found, PathBuf::from("haproxy"));
+        }
+        assert_eq!(
+            find_haproxy(Path::new("no-such-haproxy"), Some(OsString::new())),
+            PathBuf::from("no-such-haproxy")
+        );
+    }
 }

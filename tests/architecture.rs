@@ -3,7 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-const PURE_MODULES: &[&str] = &["domain", "plan", "render", "ctmpl", "change_log", "certs/pem"];
+const PURE_MODULES: &[&str] = &[
+    "domain",
+    "plan",
+    "render",
+    "ctmpl",
+    "change_log",
+    "certs/pem",
+];
 
 const FORBIDDEN: &[&str] = &[
     "tokio",
