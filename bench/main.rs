@@ -38,8 +38,9 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     samples: usize,
     /// Pause between rescale samples, in milliseconds. The catalog watcher allows one sweep
-    /// (the read that finds a silent registration) per 2 s after a burst of two, and each
-    /// sample registers and deregisters; a shorter gap measures that limiter instead.
+    /// (the read that finds a silent registration) per 500 ms to 2 s (growing with the number
+    /// of services) after a burst of two, and each sample registers and deregisters; a shorter
+    /// gap measures that limiter instead.
     #[arg(long, default_value_t = 4500)]
     gap_ms: u64,
     /// Pause between the samples of the rescale-under-churn row, in milliseconds.
@@ -830,8 +831,9 @@ impl Report {
              reload confirmed through `show proc`, then the first 200. It leaves out the \
              baseline's own change detection, which flow-proxy's figure includes.\n\
              - The row with a registration and a deregistration every 0.5 s shows the catalog \
-             watcher's sweep limiter (one sweep per 2 s after a burst of two): silent \
-             registrations closer together than that wait for the next sweep.\n\
+             watcher's sweep limiter (after a burst of two, one sweep per 500 ms to 2 s, \
+             growing with the number of services): silent registrations closer together than \
+             that wait for the next sweep.\n\
              - **2. Reconfigure-to-routable**: from the `reconfigure` call for a new service (its \
              instance already registered) to the first 200 on its path; flow-proxy persists the \
              intent in KV, reads the service, renders, checks with `haproxy -c`, reloads and \
@@ -948,7 +950,7 @@ impl Report {
                  proportional to the change (target not met): every apply plans and renders the \
                  whole configuration and compares whole texts, a structural change checks and \
                  reloads the whole file, and a registration without checks costs one sweep that \
-                 re-reads every routed service (limited to one per 2 s): that is why the rescale \
+                 re-reads every routed service (limited to one per 500 ms to 2 s): that is why the rescale \
                  time grows with the number of services."
             );
         }

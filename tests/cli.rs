@@ -252,11 +252,17 @@ fn server_on_the_embedded_registry_routes_and_recovers_its_state_across_restarts
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let http_port = free_port().to_string();
+    // Both ports picked here: an API on port 0 could be given the HTTP port just released.
+    let http_number = free_port();
+    let api_port = std::iter::repeat_with(free_port)
+        .find(|p| *p != http_number)
+        .unwrap();
+    let http_port = http_number.to_string();
+    let api_listen = format!("127.0.0.1:{api_port}");
     let envs = [
         ("EMBEDDED_REGISTRY_ADDRESS", "127.0.0.1:0"),
         ("DATA_DIR", dir.path().to_str().unwrap()),
-        ("API_ADDRESS", "127.0.0.1:0"),
+        ("API_ADDRESS", api_listen.as_str()),
         ("BIND_ADDRESS", "127.0.0.1"),
         ("HTTP_PORT", http_port.as_str()),
         ("HTTPS_PORT", "0"),

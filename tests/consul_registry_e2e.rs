@@ -846,6 +846,8 @@ async fn catalog_watcher_rereads_everything_when_the_registry_starts_over() {
     // Same address, no data directory: everything starts over.
     reg.shutdown().await.unwrap();
     let reg = spawn(rebind(addr).await, registry_config()).await.unwrap();
+    // A fresh client: the old one may hold a pooled connection to the stopped registry.
+    let client = client_for(addr);
     client
         .agent_register(&instance("web-2", "web", 7002, &["v1"]))
         .await

@@ -444,8 +444,9 @@ async fn sticky_sessions_follow_the_instance_across_slot_moves_and_reloads() {
         pid,
         "instance churn needs no reload"
     );
-    let config = std::fs::read_to_string(proxy.data_dir.path().join("haproxy.cfg")).unwrap();
-    let slot_of = |p: u16| {
+    // The file is rewritten right after the runtime change that routed the instance.
+    let config_path = proxy.data_dir.path().join("haproxy.cfg");
+    let slot_of = |config: &str, p: u16| {
         config
             .lines()
             .find(|l| l.contains(&format!("127.0.0.1:{p} ")))
@@ -453,8 +454,14 @@ async fn sticky_sessions_follow_the_instance_across_slot_moves_and_reloads() {
             .unwrap_or("")
             .to_owned()
     };
+    wait_until("the file shows both slots", || async {
+        let config = std::fs::read_to_string(&config_path).unwrap_or_default();
+        slot_of(&config, pa) == "s2"
+    })
+    .await;
+    let config = std::fs::read_to_string(&config_path).unwrap();
     assert_eq!(
-        (slot_of(pb), slot_of(pa)),
+        (slot_of(&config, pb), slot_of(&config, pa)),
         ("s1".to_owned(), "s2".to_owned()),
         "{config}"
     );

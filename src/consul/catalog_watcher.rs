@@ -88,9 +88,27 @@ pub struct CatalogWatcherOptions {
     pub round_burst: u32,
     /// Refill interval of that bucket: under churn, at most one read round per interval.
     pub round_refill: Duration,
-    /// Refill interval of the bucket (same burst) limiting sweeps, the rounds that re-read every
-    /// interesting service: under registration churn, at most one sweep per interval.
+    /// Longest refill interval of the bucket (same burst) limiting sweeps, the rounds that
+    /// re-read every interesting service: under registration churn, at most one sweep per
+    /// interval.
     pub sweep_refill: Duration,
+    /// What one interesting service adds to the sweep interval, which is
+    /// `services × sweep_cost_per_service` kept between `round_refill` and `sweep_refill`: a
+    /// few services are swept as often as any round runs, thousands at most once per
+    /// `sweep_refill`, so the read rate a sweep costs Consul stays bounded at any size.
+    pub sweep_cost_per_service: Duration,
+}
+
+impl CatalogWatcherOptions {
+    /// The sweep interval for this many interesting services.
+    pub fn sweep_interval(&self, services: usize) -> Duration {
+        let per_service = self
+            .sweep_cost_per_service
+            .saturating_mul(u32::try_from(services).unwrap_or(u32::MAX));
+        per_service
+            .max(self.round_refill)
+            .min(self.sweep_refill.max(self.round_refill))
+    }
 }
 
 impl Default for CatalogWatcherOptions {
@@ -102,6 +120,7 @@ impl Default for CatalogWatcherOptions {
             round_burst: 2,
             round_refill: Duration::from_millis(500),
             sweep_refill: Duration::from_secs(2),
+            sweep_cost_per_service: Duration::from_millis(1),
         }
     }
 }
@@ -319,6 +338,7 @@ impl Coordinator {
             }
             if self.has_work() {
                 if self.full || self.sweep {
+                    sweeps.set_refill_every(self.options.sweep_interval(self.interesting().len()));
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return,
@@ -954,9 +974,45 @@ mod tests {
         h.until(|s| ids(s, "web").len() == 101).await;
         settle().await;
         let reads = fake.service_reads("api");
-        // One second of churn: a burst of 2 sweeps, then at most one sweep per 2 s.
-        assert!(reads <= 4, "api was re-read {reads} times");
+        // 100 silent changes in one second with two services: a burst of 2 sweeps, then at
+        // most one per round interval (500 ms) until the last change is read, not one each.
+        assert!(reads <= 6, "api was re-read {reads} times");
         drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_registrations_in_a_small_catalog_are_not_held_by_the_sweep_limit() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "w0", "n1", 80));
+        fake.register(FakeInstance::new("api", "a0", "n1", 80));
+        let mut h = start(&fake, Interest::All, opts());
+        h.until(|s| s.services.len() == 2).await;
+        settle().await;
+        // Check-less registrations 600 ms apart: each is a silent change that only a sweep
+        // finds. With two services a sweep may run as often as a round (every 500 ms), so
+        // none waits for the 2 s that thousands of services would need between sweeps.
+        for n in 1..=6usize {
+            fake.register(FakeInstance::new("web", &format!("w{n}"), "n1", 80));
+            let registered = tokio::time::Instant::now();
+            h.until(|s| ids(s, "web").len() == n + 1).await;
+            let waited = registered.elapsed();
+            assert!(
+                waited < Duration::from_millis(400),
+                "registration {n} was seen after {waited:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        drop(h);
+    }
+
+    #[test]
+    fn the_sweep_interval_grows_with_the_services_between_its_bounds() {
+        let o = CatalogWatcherOptions::default();
+        assert_eq!(o.sweep_interval(0), o.round_refill);
+        assert_eq!(o.sweep_interval(10), o.round_refill);
+        assert_eq!(o.sweep_interval(1000), Duration::from_secs(1));
+        assert_eq!(o.sweep_interval(2000), o.sweep_refill);
+        assert_eq!(o.sweep_interval(usize::MAX), o.sweep_refill);
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,6 +47,15 @@ impl TokenBucket {
         }
     }
 
+    /// Changes the refill interval (at least 1 ms) from now on; tokens already earned are kept.
+    pub fn set_refill_every(&mut self, refill_every: Duration) {
+        let refill_every = refill_every.max(Duration::from_millis(1));
+        if refill_every != self.refill_every {
+            self.refill(Instant::now());
+            self.refill_every = refill_every;
+        }
+    }
+
     /// Takes a token if one is available, else returns how long until the next one.
     pub fn try_take(&mut self) -> Result<(), Duration> {
         let now = Instant::now();
@@ -73,6 +82,21 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_refill_interval_applies_to_the_next_token() {
+        let mut b = TokenBucket::new(1, Duration::from_secs(2));
+        b.acquire().await;
+        assert!(b.try_take().is_err());
+        b.set_refill_every(Duration::from_millis(100));
+        let start = Instant::now();
+        b.acquire().await;
+        assert!(
+            start.elapsed() <= Duration::from_millis(100),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_refill() {
