@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use clap::Parser;
 use flow_proxy::consul::{ConsulClient, ConsulConfig};
-use flow_proxy::settings::{Cli, Command};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -185,59 +183,9 @@ impl RegistryProcess {
 /// Starts flow-proxy in-process on `consul` (any URL: the chaos proxy, a registry process) and
 /// waits until `ping` answers 200. HAProxy is stopped when it stops.
 pub async fn proxy_on(consul: &str, instance: &str, extra: &[&str]) -> Proxy {
-    let data_dir = tmp();
-    let http_port = free_port();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = listener.local_addr().unwrap();
-    let mut argv: Vec<String> = [
-        "flow-proxy",
-        "server",
-        "--consul-address",
-        consul,
-        "--proxy-instance-name",
-        instance,
-        "--bind-address",
-        "127.0.0.1",
-        "--stop-haproxy-on-exit",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    argv.extend([
-        "--http-port".to_owned(),
-        http_port.to_string(),
-        "--data-dir".to_owned(),
-        data_dir.path().display().to_string(),
-        "--https-port".to_owned(),
-        "0".to_owned(),
-    ]);
-    argv.extend(extra.iter().map(|s| (*s).to_owned()));
-    let cli = Cli::try_parse_from(argv).unwrap();
-    let Command::Server(args) = cli.command else {
-        panic!("expected server")
-    };
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        flow_proxy::server::run_server_on(*args, listener, stop)
-            .await
-            .unwrap();
-    });
-    let proxy = Proxy {
-        api,
-        http_port,
-        data_dir,
-        shutdown,
-        task: Some(task),
-    };
-    wait_until("ping answers 200", || async {
-        api_call(proxy.api, "GET", "/v1/docker-flow-proxy/ping")
-            .await
-            .0
-            == 200
-    })
-    .await;
-    proxy
+    let mut extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    extra.push("--stop-haproxy-on-exit".to_owned());
+    Proxy::start_on(consul, instance, &extra, tmp(), free_port()).await
 }
 
 /// `flow-proxy server` as its own process (so it can be killed or sent SIGTERM).

@@ -153,13 +153,27 @@ impl Proxy {
         data_dir: tempfile::TempDir,
         http_port: u16,
     ) -> Proxy {
+        let consul = format!("http://{}", registry.addr);
+        Self::start_on(&consul, instance, extra, data_dir, http_port).await
+    }
+
+    /// Starts flow-proxy on the Consul at `consul` (any URL: a registry, a fault-injecting
+    /// proxy in front of one) in `data_dir` with HAProxy on `http_port`, and waits until
+    /// `ping` answers 200.
+    pub async fn start_on(
+        consul: &str,
+        instance: &str,
+        extra: &[String],
+        data_dir: tempfile::TempDir,
+        http_port: u16,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap();
         let mut argv = vec![
             "flow-proxy".to_owned(),
             "server".to_owned(),
             "--consul-address".to_owned(),
-            format!("http://{}", registry.addr),
+            consul.to_owned(),
             "--proxy-instance-name".to_owned(),
             instance.to_owned(),
             "--bind-address".to_owned(),
