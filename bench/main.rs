@@ -66,6 +66,10 @@ struct Args {
     /// seconds.
     #[arg(long, default_value_t = 15)]
     idle_secs: u64,
+    /// Runs one scenario only (`rescale`, `reconfigure` or `scale`) and prints its figures
+    /// instead of writing the report: for quick measurements while working on one path.
+    #[arg(long, value_parser = ["rescale", "reconfigure", "scale"])]
+    only: Option<String>,
 }
 
 /// How long an API call may take.
@@ -79,6 +83,9 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let load_at_start = load_average();
     flow_proxy::tls::install_crypto_provider();
+    if let Some(only) = &args.only {
+        return run_only(only, &args).await;
+    }
     let env = Env::start(Reg::start().await?).await?;
     let app = backend("app").await?;
 
@@ -143,6 +150,47 @@ async fn main() -> Result<()> {
         bail!("the scale scenario failed at {n} services: {e}");
     }
     Ok(())
+}
+
+/// Runs one scenario and prints its figures (`--only`).
+async fn run_only(only: &str, args: &Args) -> Result<()> {
+    let app = backend("app").await?;
+    if only == "scale" {
+        for n in &args.scale {
+            let s = scale(*n, app, args).await?;
+            println!(
+                "scale {}: first live {} ms, reconfigure {} ms, rescale {:?}, reloads {}, \
+                 RSS {:?} KiB, idle {:.2} req/s, blocking {:?}",
+                s.services,
+                s.first_live.as_millis(),
+                s.reconfigure.as_millis(),
+                s.rescale,
+                s.reloads_during_rescale,
+                s.rss_kib,
+                s.idle_requests_per_s,
+                s.idle_blocking
+            );
+        }
+        return Ok(());
+    }
+    let env = Env::start(Reg::start().await?).await?;
+    if only == "rescale" {
+        let r = rescale(&env, app, args).await?;
+        println!(
+            "rescale {:?}\nunder churn {:?}\nreload baseline {:?}\nreloads {}",
+            r.runtime, r.churn, r.reload, r.reloads_during_runtime
+        );
+    } else {
+        let r = reconfigure(&env, app, args).await?;
+        println!(
+            "reconfigure {:?}\nraw reload {:?}\nhaproxy -c {:?}\nratio of medians {:.2}",
+            r.api,
+            r.raw,
+            r.check,
+            r.api.median / r.raw.median
+        );
+    }
+    env.stop().await
 }
 
 /// The embedded registry, in memory.
