@@ -218,3 +218,96 @@ fn rendered_config_routes_real_traffic() {
         BTreeSet::from(["demo1".to_owned(), "demo2".to_owned()])
     );
 }
+
+/// HAProxy 2.6 refuses a line of more than 64 words: long domain lists are split over lines
+/// that keep their meaning (ORed ACLs, repeated rules).
+#[test]
+fn long_domain_lists_are_split_over_lines() {
+    if !haproxy_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let paths = HaproxyPaths::new(dir.path().join("hp")).unwrap();
+    std::fs::create_dir_all(paths.data_dir()).unwrap();
+    let many = backend("many");
+    let list = |f: &dyn Fn(usize) -> String| (0..100).map(f).collect::<Vec<_>>().join(",");
+    let domains = format!(
+        "{},{}",
+        list(&|i| format!("host{i}.example.com")),
+        list(&|i| format!("*.wild{i}.example.net"))
+    );
+    let redirects = list(&|i| format!("old{i}.example.org"));
+    let sni_domains = list(&|i| format!("tls{i}.example.com"));
+    let sni_port = free_port();
+    let intents: BTreeMap<ServiceName, ServiceIntent> = [
+        intent(&[
+            ("serviceName", "many"),
+            ("servicePath", "/"),
+            ("serviceDomain", &domains),
+            ("redirectFromDomain", &redirects),
+        ]),
+        intent(&[
+            ("serviceName", "tls"),
+            ("reqMode", "sni"),
+            ("srcPort", &sni_port.to_string()),
+            ("servicePath", "/"),
+            ("serviceDomain", &sni_domains),
+        ]),
+    ]
+    .into_iter()
+    .map(|i| (i.name.clone(), i))
+    .collect();
+    let mut cat = CatalogSnapshot::new();
+    cat.set_service(ServiceName::new("many").unwrap(), vec![inst("m", many)]);
+    let p = plan(&intents, &cat, &SlotTable::default(), &PlanSettings::default());
+    let http_port = free_port();
+    let rs = RenderSettings {
+        global_lines: paths.global_lines(&SoftStopSettings::default()),
+        defaults_lines: paths.defaults_lines(),
+        bind_address: "127.0.0.1".parse().unwrap(),
+        http_port,
+        https_port: None,
+        ..RenderSettings::default()
+    };
+    let cfg = render(&p, &rs).unwrap();
+    let longest = cfg
+        .as_str()
+        .lines()
+        .map(|l| l.split_whitespace().count())
+        .max()
+        .unwrap();
+    assert!(longest <= 64, "a line has {longest} words");
+    std::fs::write(paths.config(), cfg.as_str()).unwrap();
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(paths.config())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let _hp = Haproxy(
+        Command::new("haproxy")
+            .arg("-f")
+            .arg(paths.config())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        assert!(Instant::now() < deadline, "haproxy did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for host in ["host0.example.com", "host99.example.com", "a.wild99.example.net"] {
+        assert_eq!(get(http_port, host, "/x"), (200, "many".into()), "{host}");
+    }
+    assert_eq!(get(http_port, "host100.example.com", "/x").0, 503);
+    for host in ["old0.example.org", "old99.example.org"] {
+        assert_eq!(get(http_port, host, "/x").0, 301, "{host}");
+    }
+}

@@ -196,10 +196,12 @@ impl fmt::Display for RenderedConfig {
 #[error("cannot render haproxy.cfg: {0}")]
 pub struct RenderError(#[from] askama::Error);
 
+/// The host ACL of one service; each entry of `exact` and `suffixes` is one line's values
+/// ([`routing::value_lines`]), the lines of one name being ORed by HAProxy.
 struct HostAclView {
     service: String,
-    exact: String,
-    suffixes: String,
+    exact: Vec<String>,
+    suffixes: Vec<String>,
 }
 
 struct RouteView {
@@ -332,8 +334,8 @@ pub fn render_with_custom(
         {
             host_acls.push(HostAclView {
                 service: r.service.to_string(),
-                exact: h.exact.join(" "),
-                suffixes: h.suffixes.join(" "),
+                exact: routing::value_lines(&h.exact),
+                suffixes: routing::value_lines(&h.suffixes),
             });
         }
     }

@@ -127,19 +127,13 @@ pub(super) fn extra_sections(plan: &Plan, settings: &RenderSettings) -> Vec<Stri
             );
             for b in &backends {
                 let (exact, suffixes) = split_names(&b.routing.sni_names);
-                if !exact.is_empty() {
-                    s.push_str(&format!(
-                        "\n    use_backend {} if {{ req.ssl_sni,lower -m str {} }}",
-                        b.name,
-                        exact.join(" ")
-                    ));
-                }
-                if !suffixes.is_empty() {
-                    s.push_str(&format!(
-                        "\n    use_backend {} if {{ req.ssl_sni,lower -m end {} }}",
-                        b.name,
-                        suffixes.join(" ")
-                    ));
+                for (method, list) in [("str", exact), ("end", suffixes)] {
+                    for values in value_lines(&list) {
+                        s.push_str(&format!(
+                            "\n    use_backend {} if {{ req.ssl_sni,lower -m {method} {values} }}",
+                            b.name
+                        ));
+                    }
                 }
             }
             out.push(s);
@@ -153,6 +147,27 @@ pub(super) fn extra_sections(plan: &Plan, settings: &RenderSettings) -> Vec<Stri
         }
     }
     out
+}
+
+/// Values written on one configuration line at most. HAProxy 2.6 reads at most 64 words per
+/// line and refuses the configuration ("too many words") beyond; the longest line that lists
+/// values has 16 words besides them.
+pub(super) const VALUES_PER_LINE: usize = 32;
+
+/// `values` joined by spaces, [`VALUES_PER_LINE`] per entry: one entry per configuration line.
+/// Lines repeating an ACL name are ORed, and so are repeated `use_backend` and `redirect` rules
+/// with the same target, so splitting a list keeps its meaning.
+pub(super) fn value_lines<S: AsRef<str>>(values: &[S]) -> Vec<String> {
+    values
+        .chunks(VALUES_PER_LINE)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(AsRef::as_ref)
+                .collect::<Vec<&str>>()
+                .join(" ")
+        })
+        .collect()
 }
 
 fn split_names(names: &[DomainName]) -> (Vec<String>, Vec<String>) {
@@ -181,21 +196,17 @@ pub(super) fn frontend_lines(plan: &Plan) -> Vec<String> {
         if let Some(target) = &r.redirect_to {
             let (exact, suffixes) = split_names(&r.redirect_from);
             for (method, list) in [("str", exact), ("end", suffixes)] {
-                if list.is_empty() {
-                    continue;
+                for values in value_lines(&list) {
+                    let cond = format!("{{ req.hdr(host),field(1,:),lower -m {method} {values} }}");
+                    out.push(format!(
+                        "http-request redirect prefix http://{} code 301 if !{{ ssl_fc }} {cond}",
+                        target.host()
+                    ));
+                    out.push(format!(
+                        "http-request redirect prefix https://{} code 301 if {{ ssl_fc }} {cond}",
+                        target.host()
+                    ));
                 }
-                let cond = format!(
-                    "{{ req.hdr(host),field(1,:),lower -m {method} {} }}",
-                    list.join(" ")
-                );
-                out.push(format!(
-                    "http-request redirect prefix http://{} code 301 if !{{ ssl_fc }} {cond}",
-                    target.host()
-                ));
-                out.push(format!(
-                    "http-request redirect prefix https://{} code 301 if {{ ssl_fc }} {cond}",
-                    target.host()
-                ));
             }
         }
         for (i, h) in r.service_headers.iter().enumerate() {
