@@ -125,7 +125,7 @@ impl Metrics {
         );
         registry.register(
             "config_validations_skipped",
-            "Configurations installed unchecked because only server slot contents changed",
+            "Configurations installed or reloaded without haproxy -c: only server slots changed, or the reload itself checked them",
             validations_skipped.clone(),
         );
         registry.register(
@@ -259,7 +259,8 @@ impl Metrics {
         self.inner.validations.inc();
     }
 
-    /// Counts a configuration installed without a check.
+    /// Counts a configuration installed without `haproxy -c` (only slots changed) or reloaded
+    /// with the master's parse as its check.
     pub fn validation_skipped(&self) {
         self.inner.validations_skipped.inc();
     }

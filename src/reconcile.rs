@@ -32,7 +32,7 @@ use crate::custom::{CustomTemplates, merge::shared_ports};
 use crate::domain::{
     CatalogSnapshot, CustomTemplates as TemplateSpec, Instance, ServiceIntent, ServiceName,
 };
-use crate::haproxy::{EnsureOutcome, Supervisor};
+use crate::haproxy::{EnsureOutcome, ReloadCheck, Supervisor};
 use crate::intent_store::{IntentStore, Intents};
 use crate::metrics::Metrics;
 use crate::plan::{
@@ -832,6 +832,22 @@ impl Reconciler {
         };
         // Every live text was validated or differs from a validated one only in slot lines.
         let slots_only = only_slot_lines_differ(&live.text, &text);
+        // `haproxy -c` before a reload only when the change holds something HAProxy may refuse
+        // although it passed validation here (a template, a regular expression, a certificate
+        // through a requested reload); otherwise the reload is the check.
+        let check = if force_reload
+            || custom != live.custom
+            || changed_services(&live.intents, &intents)
+                .iter()
+                .any(|name| {
+                    intents
+                        .get(name)
+                        .is_some_and(ServiceIntent::haproxy_may_refuse)
+                }) {
+            ReloadCheck::Precheck
+        } else {
+            ReloadCheck::AtReload
+        };
         match change {
             Change::None => {
                 if text != live.text {
@@ -853,12 +869,12 @@ impl Reconciler {
                     }
                     Err(error) => {
                         warn!(error = %chain(&error), "runtime commands failed; reloading instead");
-                        self.reload(&desired, &text, "runtime commands failed", &summary)
+                        self.reload(&desired, &text, "runtime commands failed", &summary, check)
                             .await?;
                     }
                 }
             }
-            Change::Reload => self.reload(&desired, &text, why, &summary).await?,
+            Change::Reload => self.reload(&desired, &text, why, &summary, check).await?,
         }
         self.went_live(desired, text, intents, custom);
         Ok(())
@@ -876,26 +892,35 @@ impl Reconciler {
         installed.map_err(|e| ApplyError::Failed(chain(&e)))
     }
 
-    /// Reloads HAProxy with `text`; `why` and `summary` say why, for the log.
+    /// Reloads HAProxy with `text`, checked as `check` says; `why` and `summary` say why, for
+    /// the log.
     async fn reload(
         &mut self,
         desired: &Plan,
         text: &str,
         why: &str,
         summary: &crate::change_log::ChangeSummary,
+        check: ReloadCheck,
     ) -> Result<(), ApplyError> {
-        self.options.metrics.validated();
-        let outcome = self.supervisor.reload(text).await.map_err(|e| {
-            self.options.metrics.reload_failed();
-            warn!(
-                reason = why,
-                services = ?summary.services(),
-                changes = %summary,
-                error = %chain(&e),
-                "HAProxy reload failed"
-            );
-            ApplyError::Failed(chain(&e))
-        })?;
+        match check {
+            ReloadCheck::Precheck => self.options.metrics.validated(),
+            ReloadCheck::AtReload => self.options.metrics.validation_skipped(),
+        }
+        let outcome = self
+            .supervisor
+            .reload_with(text, check)
+            .await
+            .map_err(|e| {
+                self.options.metrics.reload_failed();
+                warn!(
+                    reason = why,
+                    services = ?summary.services(),
+                    changes = %summary,
+                    error = %chain(&e),
+                    "HAProxy reload failed"
+                );
+                ApplyError::Failed(chain(&e))
+            })?;
         self.options.metrics.reloaded();
         self.options.metrics.reload_took(outcome.duration);
         info!(

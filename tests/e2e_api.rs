@@ -319,8 +319,13 @@ async fn a_refused_change_answers_500_and_blocks_nothing_else() {
         .await;
     assert_eq!(status, 200, "{body}");
 
+    // A regular expression: HAProxy may refuse it, so it is checked with `haproxy -c` (here
+    // the wrapper) before the reload.
     let (status, body) = proxy
-        .call("/v1/docker-flow-proxy/reconfigure?serviceName=poison&servicePath=/poison")
+        .call(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=poison&servicePath=/poison\
+             &pathType=path_reg",
+        )
         .await;
     assert_eq!(status, 500, "{body}");
     assert!(body.starts_with(r#"{"Status":"NOK","Message":""#), "{body}");
@@ -350,15 +355,17 @@ async fn a_refused_change_answers_500_and_blocks_nothing_else() {
 
     // The same refused intent written straight into KV (as another replica or a tool might)
     // does not block later changes either.
-    registry
-        .client
-        .kv_put(
-            &flow_proxy::consul::KvKey::new("docker-flow/poison/path").unwrap(),
-            b"/poison",
-            None,
-        )
-        .await
-        .unwrap();
+    for (key, value) in [("path", "/poison"), ("pathtype", "path_reg")] {
+        registry
+            .client
+            .kv_put(
+                &flow_proxy::consul::KvKey::new(format!("docker-flow/poison/{key}")).unwrap(),
+                value.as_bytes(),
+                None,
+            )
+            .await
+            .unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let third = backend("third").await;
     registry.register("third", 1, third).await;
@@ -374,6 +381,95 @@ async fn a_refused_change_answers_500_and_blocks_nothing_else() {
         proxy.get("localhost", "/app").await,
         (200, "app\n".to_owned())
     );
+    proxy.stop().await;
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// A change built only from values HAProxy takes literally goes live without `haproxy -c`: its
+/// reload is the check. One that HAProxy refuses anyway (here a TCP port another process holds,
+/// which `haproxy -c` would not catch either) answers 500 with HAProxy's reason, is rolled back
+/// (route, KV), and blocks nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_change_is_checked_by_its_reload_and_a_refusal_is_rolled_back() {
+    if !haproxy_available() {
+        return;
+    }
+    let registry = Registry::start().await;
+    let mut proxy = Proxy::start(&registry, "docker-flow").await;
+    let app = backend("app").await;
+    registry.register("app", 1, app).await;
+    let checked = "flow_proxy_config_validations_total";
+    let unchecked = "flow_proxy_config_validations_skipped_total";
+    let before = proxy.call("/metrics").await.1;
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=app&servicePath=/app")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        proxy.get("localhost", "/app").await,
+        (200, "app\n".to_owned())
+    );
+    let after = proxy.call("/metrics").await.1;
+    assert_eq!(
+        counter(&after, checked),
+        counter(&before, checked),
+        "{after}"
+    );
+    assert!(
+        counter(&after, unchecked) > counter(&before, unchecked),
+        "{after}"
+    );
+
+    // A regular expression is checked first.
+    let (status, body) = proxy
+        .call(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=app&servicePath=/app&pathType=path_reg",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let regex = proxy.call("/metrics").await.1;
+    assert!(
+        counter(&regex, checked) > counter(&after, checked),
+        "{regex}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let db = backend("db").await;
+    registry.register("db", 1, db).await;
+    let (status, body) = proxy
+        .call(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=db&reqMode=tcp&srcPort={port}"
+        ))
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("cannot bind"), "{body}");
+    assert!(registry.kv_keys("docker-flow/db/").await.is_empty());
+    assert_eq!(
+        proxy.get("localhost", "/app").await,
+        (200, "app\n".to_owned())
+    );
+    let config = proxy.call("/v1/docker-flow-proxy/config").await.1;
+    assert!(!config.contains("db-be"), "{config}");
+
+    let other = backend("other").await;
+    registry.register("other", 1, other).await;
+    let (status, body) = proxy
+        .call("/v1/docker-flow-proxy/reconfigure?serviceName=other&servicePath=/other")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        proxy.get("localhost", "/other").await,
+        (200, "other\n".to_owned())
+    );
+    drop(taken);
     proxy.stop().await;
 }
 

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flow_proxy::haproxy::{
-    EnsureOutcome, HaproxyPaths, ReloadError, ReloadResult, SoftStopSettings, Supervisor,
-    SupervisorError, SupervisorOptions,
+    EnsureOutcome, HaproxyPaths, ReloadCheck, ReloadError, ReloadResult, SoftStopSettings,
+    Supervisor, SupervisorError, SupervisorOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -326,6 +326,67 @@ async fn config_refused_at_reload_is_rolled_back() {
     sup.reload(&cfg_b).await.unwrap();
     assert_eq!(get(env.port).await.unwrap(), (200, "B".to_owned()));
     drop(taken);
+    stop_and_check(&mut sup).await;
+}
+
+/// Without `haproxy -c`, the master's own parse is the check: a configuration it refuses never
+/// serves a request, is rolled back, and the next reload works.
+#[tokio::test]
+async fn config_refused_by_the_master_without_precheck_is_rolled_back() {
+    if !haproxy_available() {
+        return;
+    }
+    let env = Env::new();
+    let _guard = kill_guard(&env);
+    let a = start_backend("A").await;
+    let b = start_backend("B").await;
+    let cfg_a = env.config(&[("app_a", a)], "app_a", "");
+    let bad = env.config(&[("app_b", b)], "app_b", "    bogus_keyword on\n");
+    let cfg_b = env.config(&[("app_a", a), ("app_b", b)], "app_b", "");
+
+    let mut sup = env.supervisor();
+    sup.start(&cfg_a).await.unwrap();
+    let before = sup.status().await;
+
+    let err = sup
+        .reload_with(&bad, ReloadCheck::AtReload)
+        .await
+        .unwrap_err();
+    match &err {
+        ReloadError::Rejected {
+            alerts,
+            rolled_back,
+            rollback_error,
+        } => {
+            assert!(*rolled_back, "rollback failed: {rollback_error:?}");
+            assert!(
+                alerts
+                    .iter()
+                    .any(|a| a.message.contains("unknown keyword 'bogus_keyword'")),
+                "{alerts:?}"
+            );
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(env.paths.config()).unwrap(), cfg_a);
+    let status = sup.status().await;
+    assert_eq!(
+        status.failed_reloads,
+        Some(0),
+        "the rollback clears the failure"
+    );
+    assert_eq!(status.reload_failures_total, 1);
+    assert_eq!(status.last_reload.unwrap().result, ReloadResult::Failed);
+    assert!(
+        status.master_reloads > before.master_reloads,
+        "the master tried the configuration"
+    );
+    assert_eq!(get(env.port).await.unwrap(), (200, "A".to_owned()));
+
+    sup.reload_with(&cfg_b, ReloadCheck::AtReload)
+        .await
+        .unwrap();
+    assert_eq!(get(env.port).await.unwrap(), (200, "B".to_owned()));
     stop_and_check(&mut sup).await;
 }
 

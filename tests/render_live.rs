@@ -259,7 +259,12 @@ fn long_domain_lists_are_split_over_lines() {
     .collect();
     let mut cat = CatalogSnapshot::new();
     cat.set_service(ServiceName::new("many").unwrap(), vec![inst("m", many)]);
-    let p = plan(&intents, &cat, &SlotTable::default(), &PlanSettings::default());
+    let p = plan(
+        &intents,
+        &cat,
+        &SlotTable::default(),
+        &PlanSettings::default(),
+    );
     let http_port = free_port();
     let rs = RenderSettings {
         global_lines: paths.global_lines(&SoftStopSettings::default()),
@@ -303,7 +308,11 @@ fn long_domain_lists_are_split_over_lines() {
         assert!(Instant::now() < deadline, "haproxy did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    for host in ["host0.example.com", "host99.example.com", "a.wild99.example.net"] {
+    for host in [
+        "host0.example.com",
+        "host99.example.com",
+        "a.wild99.example.net",
+    ] {
         assert_eq!(get(http_port, host, "/x"), (200, "many".into()), "{host}");
     }
     assert_eq!(get(http_port, "host100.example.com", "/x").0, 503);

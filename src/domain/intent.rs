@@ -455,6 +455,20 @@ fn parse_template(param: &'static str, value: &str) -> Result<Option<TemplatePat
 }
 
 impl ServiceIntent {
+    /// Whether HAProxy may refuse this service's configuration although every value in it
+    /// passed validation here: it holds text that HAProxy parses by rules of its own (PCRE
+    /// regular expressions of `path_reg` paths and of path rewrites, crypt(3) password hashes)
+    /// or custom templates (text read from files). Any other service is rendered from fixed
+    /// keywords and literal values HAProxy takes as they are, so a configuration that adds or
+    /// changes only such services needs no `haproxy -c` before its reload: the master's own
+    /// parse at reload checks it, confirmed through `show proc`, and a refusal is rolled back.
+    pub fn haproxy_may_refuse(&self) -> bool {
+        self.templates.is_some()
+            || self.path_type == PathType::PathReg
+            || !self.routing.path_rewrites.is_empty()
+            || self.routing.users.as_ref().is_some_and(|u| u.encrypted)
+    }
+
     /// Parses DFP's `reconfigure` query parameters (first value of each, URL-decoded).
     ///
     /// Valid when `serviceName` is set and either `servicePath`, or `consulTemplatePath`, or
@@ -689,6 +703,35 @@ mod tests {
 
     fn parse(pairs: &[(&str, &str)]) -> Result<ServiceIntent, IntentError> {
         ServiceIntent::from_params(&params(pairs))
+    }
+
+    #[test]
+    fn only_values_haproxy_parses_itself_may_be_refused() {
+        let base = [("serviceName", "web"), ("servicePath", "/web")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            parse(&pairs).unwrap().haproxy_may_refuse()
+        };
+        assert!(!with(&[]));
+        assert!(!with(&[
+            ("serviceDomain", "a.com,*.b.org"),
+            ("pathType", "path_end"),
+            ("addReqHeader", "X-A 1"),
+            ("users", "u:p"),
+            ("sessionType", "sticky-server"),
+        ]));
+        assert!(with(&[("pathType", "path_reg")]));
+        assert!(with(&[("reqPathSearchReplace", "/web,/")]));
+        assert!(with(&[
+            ("users", "u:$6$salt$hash"),
+            ("usersPassEncrypted", "true")
+        ]));
+        assert!(
+            parse(&[("serviceName", "t"), ("consulTemplatePath", "/t.ctmpl")])
+                .unwrap()
+                .haproxy_may_refuse()
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use master_cli::{MasterCli, MasterCliError, ProcInfo, ProcList};
 pub use paths::{HaproxyPaths, PathsError, SoftStopSettings};
 pub use runtime_api::{CommandAnswer, RuntimeApi, RuntimeApiError};
 pub use supervisor::{
-    EnsureOutcome, ReloadError, ReloadOutcome, ReloadRecord, ReloadResult, Supervisor,
+    EnsureOutcome, ReloadCheck, ReloadError, ReloadOutcome, ReloadRecord, ReloadResult, Supervisor,
     SupervisorError, SupervisorOptions, SupervisorStatus,
 };
 pub use validate::{ConfigAlert, ValidationError, validate};

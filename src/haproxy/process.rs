@@ -1,7 +1,7 @@
 //! Low-level process and file helpers for the supervisor: sending signals to a pid,
 //! checking whether a pid is alive (and not a zombie), starting a child in its own session,
 //! reading the pid file, and atomic file replacement (temporary file in the same directory,
-//! fsync, rename).
+//! rename).
 //!
 //! Must not: decide when to signal or write anything; that is the supervisor's job.
 
@@ -126,31 +126,11 @@ pub async fn read_pid_file(path: &Path) -> io::Result<Option<u32>> {
     }
 }
 
-/// Writes `contents` to `target` atomically: a temporary file in the same directory,
-/// flushed and fsynced, renamed over `target`, then the directory is fsynced.
-pub async fn write_atomic(target: &Path, contents: Vec<u8>) -> io::Result<()> {
-    let target = target.to_path_buf();
-    tokio::task::spawn_blocking(move || write_atomic_blocking(&target, &contents))
-        .await
-        .map_err(io::Error::other)?
-}
-
-fn write_atomic_blocking(target: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = parent_dir(target);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".flow-proxy-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)?;
-    tmp.write_all(contents)?;
-    tmp.flush()?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(target).map_err(|e| e.error)?;
-    sync_dir(&dir)
-}
-
 /// Writes `contents` to `target` through a temporary file renamed over it, without fsync: a
-/// reader never sees a partial file, but a crash may lose it. Only for files that matter within
-/// this boot (the server state a reload hands to the new worker).
+/// reader never sees a partial file, but a power loss may lose it. Every file the supervisor
+/// writes matters within this boot only: the configuration, its last-known-good copy and the
+/// server state are derived from Consul and rendered again at every start, and a power loss
+/// ends HAProxy too. An fsync would cost milliseconds on every reload for nothing.
 pub async fn write_replace(target: &Path, contents: Vec<u8>) -> io::Result<()> {
     let target = target.to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -166,15 +146,13 @@ pub async fn write_replace(target: &Path, contents: Vec<u8>) -> io::Result<()> {
     .map_err(io::Error::other)?
 }
 
-/// Renames a validated temporary file over `target` and fsyncs the directory.
+/// Renames a temporary file of the same directory over `target` (no fsync, as for
+/// [`write_replace`]).
 pub async fn persist_temp(tmp: tempfile::NamedTempFile, target: &Path) -> io::Result<()> {
     let target = target.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        tmp.persist(&target).map_err(|e| e.error)?;
-        sync_dir(&parent_dir(&target))
-    })
-    .await
-    .map_err(io::Error::other)?
+    tokio::task::spawn_blocking(move || tmp.persist(&target).map(drop).map_err(|e| e.error))
+        .await
+        .map_err(io::Error::other)?
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -182,10 +160,6 @@ fn parent_dir(path: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -215,16 +189,6 @@ mod tests {
     fn own_pid_is_alive_and_zero_is_not() {
         assert!(pid_alive(std::process::id()));
         assert!(!pid_alive(0));
-    }
-
-    #[tokio::test]
-    async fn atomic_write_replaces_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("x.cfg");
-        write_atomic(&f, b"one\n".to_vec()).await.unwrap();
-        write_atomic(&f, b"two\n".to_vec()).await.unwrap();
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "two\n");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

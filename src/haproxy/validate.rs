@@ -115,12 +115,22 @@ pub async fn validate(paths: &HaproxyPaths, config_text: &str) -> Result<(), Val
 }
 
 /// Writes `config_text` to a temporary file in the data directory, checks it, and on
-/// success returns the (flushed, fsynced) file so the caller can rename it into place.
+/// success returns the file so the caller can rename it into place.
 pub(crate) async fn check_to_tempfile(
     paths: &HaproxyPaths,
     binary: &Path,
     config_text: &str,
     timeout: Duration,
+) -> Result<NamedTempFile, ValidationError> {
+    let tmp = write_tempfile(paths, config_text).await?;
+    check_file(paths, binary, config_text, tmp, timeout).await
+}
+
+/// Writes `config_text` to a temporary file in the data directory (flushed, not fsynced: the
+/// files there are derived from Consul and rendered again at every start).
+pub(crate) async fn write_tempfile(
+    paths: &HaproxyPaths,
+    config_text: &str,
 ) -> Result<NamedTempFile, ValidationError> {
     let dir = paths.data_dir().to_path_buf();
     let io_err = |source| ValidationError::Io {
@@ -130,20 +140,28 @@ pub(crate) async fn check_to_tempfile(
     tokio::fs::create_dir_all(&dir).await.map_err(io_err)?;
     let text = config_text.to_owned();
     let tmp_dir = dir.clone();
-    let tmp = tokio::task::spawn_blocking(move || -> std::io::Result<NamedTempFile> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<NamedTempFile> {
         let mut tmp = tempfile::Builder::new()
             .prefix(".haproxy.cfg.")
             .suffix(".tmp")
             .tempfile_in(&tmp_dir)?;
         tmp.write_all(text.as_bytes())?;
         tmp.flush()?;
-        tmp.as_file().sync_all()?;
         Ok(tmp)
     })
     .await
     .map_err(|e| io_err(std::io::Error::other(e)))?
-    .map_err(io_err)?;
+    .map_err(io_err)
+}
 
+/// Runs `haproxy -c` on `tmp`, which holds `config_text`; returns `tmp` when it passes.
+async fn check_file(
+    paths: &HaproxyPaths,
+    binary: &Path,
+    config_text: &str,
+    tmp: NamedTempFile,
+    timeout: Duration,
+) -> Result<NamedTempFile, ValidationError> {
     let child = tokio::process::Command::new(binary)
         .arg("-c")
         .arg("-f")
