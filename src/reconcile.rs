@@ -931,13 +931,23 @@ impl Reconciler {
             old_workers = outcome.old_workers,
             "HAProxy reloaded"
         );
-        // A saved server state beats the configuration for a server that keeps its name.
-        self.apply_full_runtime_state(desired).await
+        // A saved server state beats the configuration for a server that keeps its name: the
+        // backends whose slots this apply changes are set again. The others' saved state is
+        // the live runtime state, which the new worker takes over as it is.
+        let commands = match (&self.live, outcome.server_state_saved) {
+            (Some(live), true) => changed_runtime_state(desired, &live.plan),
+            _ => full_runtime_state(desired),
+        };
+        self.apply_runtime_state(commands).await
     }
 
     /// Sets every slot's address, weight and state as the plan says.
     async fn apply_full_runtime_state(&self, desired: &Plan) -> Result<(), ApplyError> {
-        let commands = full_runtime_state(desired);
+        self.apply_runtime_state(full_runtime_state(desired)).await
+    }
+
+    /// Sends `commands`, which set absolute slot values.
+    async fn apply_runtime_state(&self, commands: Vec<RuntimeCommand>) -> Result<(), ApplyError> {
         if commands.is_empty() {
             return Ok(());
         }
@@ -1086,52 +1096,73 @@ fn changed_services(a: &Intents, b: &Intents) -> BTreeSet<ServiceName> {
 }
 
 /// Commands that set every slot of `plan` to its planned address, weight and state, whatever
-/// HAProxy currently holds (used after a reload and at startup).
+/// HAProxy currently holds (used at startup, after HAProxy was restarted, and after a reload
+/// without a saved server state).
 pub fn full_runtime_state(plan: &Plan) -> Vec<RuntimeCommand> {
     let mut out = Vec::new();
     for backend in plan.backends.values() {
-        for slot in &backend.slots {
-            let (addr, port, weight, state) = match &slot.server {
-                Some(s) => (
-                    s.addr,
-                    s.port,
-                    s.weight,
-                    match s.state {
-                        ServerState::Ready => ServerAdminState::Ready,
-                        ServerState::Maint => ServerAdminState::Maint,
-                    },
-                ),
-                None => (PARKED_ADDR, PARKED_PORT, 1, ServerAdminState::Maint),
-            };
-            let (b, s) = (backend.name.clone(), slot.name);
-            if state != ServerAdminState::Ready {
-                out.push(RuntimeCommand::SetState {
-                    backend: b.clone(),
-                    server: s,
-                    state,
-                });
-            }
-            out.push(RuntimeCommand::SetAddr {
-                backend: b.clone(),
-                server: s,
-                addr,
-                port,
-            });
-            out.push(RuntimeCommand::SetWeight {
-                backend: b.clone(),
-                server: s,
-                weight,
-            });
-            if state == ServerAdminState::Ready {
-                out.push(RuntimeCommand::SetState {
-                    backend: b,
-                    server: s,
-                    state,
-                });
-            }
+        backend_runtime_state(backend, &mut out);
+    }
+    out
+}
+
+/// The commands of [`full_runtime_state`] for the backends of `desired` that are new or whose
+/// slots differ from `live`'s: after a reload with a saved server state, the only ones the new
+/// worker may hold wrong. Proportional to the change, not to the configuration.
+pub fn changed_runtime_state(desired: &Plan, live: &Plan) -> Vec<RuntimeCommand> {
+    let mut out = Vec::new();
+    for (name, backend) in &desired.backends {
+        let same = live.backends.get(name).is_some_and(|l| {
+            l.name == backend.name && l.slots == backend.slots && l.check == backend.check
+        });
+        if !same {
+            backend_runtime_state(backend, &mut out);
         }
     }
     out
+}
+
+fn backend_runtime_state(backend: &crate::plan::Backend, out: &mut Vec<RuntimeCommand>) {
+    for slot in &backend.slots {
+        let (addr, port, weight, state) = match &slot.server {
+            Some(s) => (
+                s.addr,
+                s.port,
+                s.weight,
+                match s.state {
+                    ServerState::Ready => ServerAdminState::Ready,
+                    ServerState::Maint => ServerAdminState::Maint,
+                },
+            ),
+            None => (PARKED_ADDR, PARKED_PORT, 1, ServerAdminState::Maint),
+        };
+        let (b, s) = (backend.name.clone(), slot.name);
+        if state != ServerAdminState::Ready {
+            out.push(RuntimeCommand::SetState {
+                backend: b.clone(),
+                server: s,
+                state,
+            });
+        }
+        out.push(RuntimeCommand::SetAddr {
+            backend: b.clone(),
+            server: s,
+            addr,
+            port,
+        });
+        out.push(RuntimeCommand::SetWeight {
+            backend: b.clone(),
+            server: s,
+            weight,
+        });
+        if state == ServerAdminState::Ready {
+            out.push(RuntimeCommand::SetState {
+                backend: b,
+                server: s,
+                state,
+            });
+        }
+    }
 }
 
 /// An error and its sources, joined with `: `.
@@ -1193,6 +1224,47 @@ mod tests {
         assert_eq!(lines[4], "set server web-be/s2 addr 127.0.0.1 port 1");
         let slots = p.backends.values().next().unwrap().slots.len();
         assert_eq!(lines.len(), 3 * slots);
+    }
+
+    #[test]
+    fn after_a_reload_only_changed_backends_are_set_again() {
+        let inst = |id: &str, port: u16| Instance {
+            id: InstanceId::new(id).unwrap(),
+            node: NodeName::new("n1").unwrap(),
+            address: "10.0.0.1".parse().unwrap(),
+            port,
+            tags: BTreeSet::new(),
+            meta: BTreeMap::new(),
+            health: Health::Passing,
+            weights: Weights::default(),
+        };
+        let live_intents = intents(&[intent("a", "/a"), intent("b", "/b")]);
+        let mut catalog = CatalogSnapshot::new();
+        catalog.set_service(ServiceName::new("a").unwrap(), vec![inst("a-1", 1)]);
+        catalog.set_service(ServiceName::new("b").unwrap(), vec![inst("b-1", 2)]);
+        let settings = PlanSettings::default();
+        let live = plan(&live_intents, &catalog, &SlotTable::default(), &settings);
+        // A new service c, and b gets a second instance in the same apply.
+        let wanted = intents(&[intent("a", "/a"), intent("b", "/b"), intent("c", "/c")]);
+        catalog.set_service(
+            ServiceName::new("b").unwrap(),
+            vec![inst("b-1", 2), inst("b-2", 3)],
+        );
+        catalog.set_service(ServiceName::new("c").unwrap(), vec![inst("c-1", 4)]);
+        let desired = plan(&wanted, &catalog, &live.slots, &settings);
+        let backends: BTreeSet<String> = changed_runtime_state(&desired, &live)
+            .iter()
+            .map(|c| c.to_string().split(['/', ' ']).nth(2).unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            backends,
+            BTreeSet::from(["b-be".to_owned(), "c-be".to_owned()])
+        );
+        assert!(changed_runtime_state(&desired, &desired).is_empty());
+        assert_eq!(
+            changed_runtime_state(&desired, &Plan::default()),
+            full_runtime_state(&desired)
+        );
     }
 
     fn intent(name: &str, path: &str) -> ServiceIntent {
