@@ -627,6 +627,17 @@ impl Reconciler {
     /// Renders `desired` with the custom snippets of the template services of `intents`; a
     /// template that cannot be rendered fails the whole configuration.
     fn render(&self, desired: &Plan, intents: &Intents) -> Result<Rendered, ApplyError> {
+        let custom = self.snippets(desired, intents)?;
+        let text = self.render_text(desired, &custom)?;
+        Ok(Rendered { text, custom })
+    }
+
+    /// The custom snippets of the template services of `intents` that `desired` holds.
+    fn snippets(
+        &self,
+        desired: &Plan,
+        intents: &Intents,
+    ) -> Result<BTreeMap<ServiceName, CustomSnippets>, ApplyError> {
         let mut custom = BTreeMap::new();
         for name in &desired.custom_templates {
             let Some(spec) = intents.get(name).and_then(|i| i.templates.as_ref()) else {
@@ -638,10 +649,18 @@ impl Reconciler {
                 .map_err(|e| ApplyError::Failed(format!("custom template of {name}: {e}")))?;
             custom.insert(name.clone(), snippets);
         }
-        let text = render_with_custom(desired, &self.options.render, &custom)
+        Ok(custom)
+    }
+
+    /// The configuration text of `desired` with `custom`.
+    fn render_text(
+        &self,
+        desired: &Plan,
+        custom: &BTreeMap<ServiceName, CustomSnippets>,
+    ) -> Result<String, ApplyError> {
+        render_with_custom(desired, &self.options.render, custom)
             .map(|r| r.into_string())
-            .map_err(|e| ApplyError::Failed(chain(&e)))?;
-        Ok(Rendered { text, custom })
+            .map_err(|e| ApplyError::Failed(chain(&e)))
     }
 
     /// Loads, fetches the data of and renders the custom templates of the wanted and the live
@@ -810,15 +829,18 @@ impl Reconciler {
         force_reload: bool,
     ) -> Result<(), ApplyError> {
         let desired = self.desired(&intents);
-        let Rendered { text, custom } = self.render(&desired, &intents)?;
+        let custom = self.snippets(&desired, &intents)?;
         self.last_apply = Some(Instant::now());
         let Some(live) = &self.live else {
             return Err(ApplyError::NotReady);
         };
         // What changed, for the log of the reload or runtime update below.
-        let mut summary =
-            crate::change_log::summarize(&live.intents, &live.plan, &intents, &desired);
-        summary.templates_changed(&live.custom, &custom);
+        let summary = || {
+            let mut summary =
+                crate::change_log::summarize(&live.intents, &live.plan, &intents, &desired);
+            summary.templates_changed(&live.custom, &custom);
+            summary
+        };
         // The plan does not hold the text of custom templates: a change there is structural.
         let (change, why) = if force_reload {
             (Change::Reload, "reload requested")
@@ -830,8 +852,6 @@ impl Reconciler {
                 "configuration structure changed",
             )
         };
-        // Every live text was validated or differs from a validated one only in slot lines.
-        let slots_only = only_slot_lines_differ(&live.text, &text);
         // `haproxy -c` before a reload only when the change holds something HAProxy may refuse
         // although it passed validation here (a template, a regular expression, a certificate
         // through a requested reload); otherwise the reload is the check.
@@ -848,34 +868,56 @@ impl Reconciler {
         } else {
             ReloadCheck::AtReload
         };
-        match change {
+        // Every live text was validated or differs from a validated one only in slot lines.
+        let slots_only = |text: &str| only_slot_lines_differ(&live.text, text);
+        // The text is rendered after the runtime commands are sent: it only records them.
+        let text = match change {
             Change::None => {
+                let text = self.render_text(&desired, &custom)?;
                 if text != live.text {
+                    let slots_only = slots_only(&text);
                     self.install(&text, slots_only).await?;
                 }
+                text
             }
             Change::Runtime(commands) => {
                 let lines: Vec<String> = commands.iter().map(ToString::to_string).collect();
-                info!(
-                    services = ?summary.services(),
-                    changes = %summary,
-                    commands = ?lines,
-                    "applying instance changes through the runtime API"
-                );
-                match self.supervisor.runtime_api().execute_checked(&lines).await {
+                let sent = self.supervisor.runtime_api().execute_checked(&lines).await;
+                let summary = summary();
+                let text = self.render_text(&desired, &custom)?;
+                match sent {
                     Ok(_) => {
+                        info!(
+                            services = ?summary.services(),
+                            changes = %summary,
+                            commands = ?lines,
+                            "instance changes applied through the runtime API"
+                        );
                         self.options.metrics.runtime_update(lines.len());
+                        let slots_only = slots_only(&text);
                         self.install(&text, slots_only).await?
                     }
                     Err(error) => {
-                        warn!(error = %chain(&error), "runtime commands failed; reloading instead");
+                        warn!(
+                            services = ?summary.services(),
+                            changes = %summary,
+                            commands = ?lines,
+                            error = %chain(&error),
+                            "runtime commands failed; reloading instead"
+                        );
                         self.reload(&desired, &text, "runtime commands failed", &summary, check)
                             .await?;
                     }
                 }
+                text
             }
-            Change::Reload => self.reload(&desired, &text, why, &summary, check).await?,
-        }
+            Change::Reload => {
+                let text = self.render_text(&desired, &custom)?;
+                let summary = summary();
+                self.reload(&desired, &text, why, &summary, check).await?;
+                text
+            }
+        };
         self.went_live(desired, text, intents, custom);
         Ok(())
     }

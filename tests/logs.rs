@@ -178,7 +178,7 @@ async fn json_lines_and_reasons_of_every_reload_and_runtime_change() {
     assert_eq!(status, 200, "{body}");
     let runtime = server
         .line(&[
-            "applying instance changes through the runtime API",
+            "instance changes applied through the runtime API",
             &format!("app instances +127.0.0.1:{two}"),
         ])
         .await;
