@@ -121,8 +121,11 @@ macro_rules! newtype {
     };
     ($(#[$doc:meta])* $name:ident, $checker:expr) => {
         $(#[$doc])*
+        ///
+        /// Shared, immutable text: a clone is a reference count, not a copy, so snapshots and
+        /// plans holding thousands of names stay cheap to clone.
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// Validates `value` against this type's alphabet.
@@ -130,7 +133,7 @@ macro_rules! newtype {
                 let value = value.into();
                 let checker: fn(&str) -> Result<(), ValidationError> = $checker;
                 checker(&value)?;
-                Ok(Self(value))
+                Ok(Self(value.into()))
             }
 
             /// The validated string.

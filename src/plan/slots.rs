@@ -94,33 +94,41 @@ pub(super) fn assign(
     if (capacity as usize) < instances.len() {
         capacity = capacity.max(pow2_at_least(instances.len()));
     }
-    let key_of = |i: &Instance| InstanceKey {
-        service: catalog_service.clone(),
-        node: i.node.clone(),
-        id: i.id.clone(),
-    };
-    let live: BTreeSet<InstanceKey> = instances.iter().map(key_of).collect();
+    // Each instance's key is built once: cloning names is most of the cost at scale.
+    let keys: Vec<InstanceKey> = instances
+        .iter()
+        .map(|i| InstanceKey {
+            service: catalog_service.clone(),
+            node: i.node.clone(),
+            id: i.id.clone(),
+        })
+        .collect();
+    let live: BTreeSet<&InstanceKey> = keys.iter().collect();
     let mut assigned: BTreeMap<InstanceKey, u32> = previous
         .map(|p| {
             p.assigned
                 .iter()
-                .filter(|(k, idx)| live.contains(*k) && **idx < capacity)
+                .filter(|(k, idx)| live.contains(k) && **idx < capacity)
                 .map(|(k, idx)| (k.clone(), *idx))
                 .collect()
         })
         .unwrap_or_default();
     let mut used: BTreeSet<u32> = assigned.values().copied().collect();
     let mut next_free = 0u32;
-    for instance in instances {
-        let key = key_of(instance);
-        if assigned.contains_key(&key) {
-            continue;
-        }
-        while used.contains(&next_free) {
-            next_free += 1;
-        }
-        used.insert(next_free);
-        assigned.insert(key, next_free);
+    let mut slot_of = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let idx = match assigned.get(key) {
+            Some(idx) => *idx,
+            None => {
+                while used.contains(&next_free) {
+                    next_free += 1;
+                }
+                used.insert(next_free);
+                assigned.insert(key.clone(), next_free);
+                next_free
+            }
+        };
+        slot_of.push(idx);
     }
     let mut slots: Vec<Slot> = (0..capacity)
         .map(|i| Slot {
@@ -128,10 +136,8 @@ pub(super) fn assign(
             server: None,
         })
         .collect();
-    for instance in instances {
-        if let Some(idx) = assigned.get(&key_of(instance))
-            && let Some(slot) = slots.get_mut(*idx as usize)
-        {
+    for (instance, idx) in instances.iter().zip(slot_of) {
+        if let Some(slot) = slots.get_mut(idx as usize) {
             slot.server = Some(server_for(instance, settings));
         }
     }
