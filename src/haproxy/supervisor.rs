@@ -721,7 +721,10 @@ impl Supervisor {
             if remaining.is_zero() {
                 return Err(ReloadError::NotConfirmed(self.options.reload_timeout));
             }
-            match self.query_procs(remaining).await {
+            // One attempt at a time with a short pause: the master refuses connections while
+            // it re-executes, and the new worker answers requests as soon as it is listed, so
+            // a longer backoff would only delay the confirmation.
+            match self.master_cli.try_show_proc().await {
                 Ok(now) => {
                     if now.master_reloads > before.master_reloads {
                         if now.fresh_workers().iter().any(|p| !known.contains(p)) {
@@ -736,8 +739,7 @@ impl Supervisor {
                 Err(e) if e.is_transient() => debug!(error = %e, "master CLI unavailable"),
                 Err(e) => return Err(e.into()),
             }
-            // Short: the new worker answers requests as soon as it is listed.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(2).min(remaining)).await;
         }
     }
 
