@@ -417,18 +417,15 @@ impl Store {
             if let Some(p) = &prev
                 && p.def.name != def.name
             {
-                self.services.remove(&def.id);
+                self.take_service(&def.id);
                 self.drop_service_name_if_extinct(idx, &p.def.name);
             }
-            self.services.insert(
-                def.id.clone(),
-                ServiceRec {
-                    def: def.clone(),
-                    create_index: prev.as_ref().map_or(idx, |p| p.create_index),
-                    modify_index: idx,
-                    server_owned: false,
-                },
-            );
+            self.put_service(ServiceRec {
+                def: def.clone(),
+                create_index: prev.as_ref().map_or(idx, |p| p.create_index),
+                modify_index: idx,
+                server_owned: false,
+            });
             self.idx.services = idx;
             self.idx.service.insert(def.name.clone(), idx);
         }
@@ -449,9 +446,8 @@ impl Store {
         }
         if replace {
             let stale: Vec<String> = self
-                .checks
-                .values()
-                .filter(|c| c.service_id == def.id && !kept.contains(&c.check_id))
+                .checks_of(&def.id)
+                .filter(|c| !kept.contains(&c.check_id))
                 .map(|c| c.check_id.clone())
                 .collect();
             for id in stale {
@@ -462,7 +458,7 @@ impl Store {
     }
 
     fn drop_service_name_if_extinct(&mut self, idx: u64, name: &str) {
-        if self.services.values().any(|s| s.def.name == name) {
+        if self.has_service(name) {
             self.idx.service.insert(name.to_string(), idx);
         } else {
             self.idx.service.remove(name);
@@ -474,16 +470,11 @@ impl Store {
         let Some(rec) = self.services.get(id).filter(|r| r.on_agent()).cloned() else {
             return Err(ApplyError::UnknownService(id.to_string()));
         };
-        let bound: Vec<String> = self
-            .checks
-            .values()
-            .filter(|c| c.service_id == id)
-            .map(|c| c.check_id.clone())
-            .collect();
+        let bound: Vec<String> = self.checks_of(id).map(|c| c.check_id.clone()).collect();
         for c in bound {
             self.remove_check(idx, &c);
         }
-        self.services.remove(id);
+        self.take_service(id);
         self.idx.services = idx;
         self.drop_service_name_if_extinct(idx, &rec.def.name);
         Ok(())
@@ -694,9 +685,7 @@ impl Store {
 
     fn instances_of<'a>(&'a self, name: &str, tags: &[String]) -> Vec<&'a ServiceRec> {
         let wanted: Vec<String> = tags.iter().map(|t| t.to_lowercase()).collect();
-        self.services
-            .values()
-            .filter(|s| s.def.name == name)
+        self.instances_named(name)
             .filter(|s| {
                 wanted
                     .iter()
@@ -707,7 +696,7 @@ impl Store {
 
     /// The index `/v1/catalog/service/:name` reports, without rendering it.
     pub fn catalog_service_index(&self, name: &str) -> u64 {
-        let exists = self.services.values().any(|s| s.def.name == name);
+        let exists = self.has_service(name);
         self.service_read_index(name, false, exists)
     }
 
@@ -730,7 +719,7 @@ impl Store {
 
     /// `/v1/catalog/service/:name`.
     pub fn catalog_service(&self, name: &str, tags: &[String]) -> (Value, u64) {
-        let exists = self.services.values().any(|s| s.def.name == name);
+        let exists = self.has_service(name);
         let items: Vec<Value> = self
             .instances_of(name, tags)
             .into_iter()
@@ -768,14 +757,6 @@ impl Store {
         )
     }
 
-    fn node_checks(&self) -> impl Iterator<Item = &CheckRec> {
-        self.checks.values().filter(|c| c.service_id.is_empty())
-    }
-
-    fn service_checks<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a CheckRec> + 'a {
-        self.checks.values().filter(move |c| c.service_id == id)
-    }
-
     /// `/v1/health/service/:name`, `passing` applied after the query.
     pub fn health_service(&self, name: &str, tags: &[String], passing: bool) -> (Value, u64) {
         let instances = self.instances_of(name, tags);
@@ -784,8 +765,8 @@ impl Store {
         let mut items = Vec::new();
         for rec in instances {
             let checks: Vec<&CheckRec> = self
-                .node_checks()
-                .chain(self.service_checks(&rec.def.id))
+                .node_level_checks()
+                .chain(self.checks_of(&rec.def.id))
                 .collect();
             if passing && checks.iter().any(|c| c.status != PASSING) {
                 continue;
@@ -829,6 +810,37 @@ impl Store {
             o.insert("Meta".into(), json!({"consul-network-segment": ""}));
         }
         (json!([n]), self.idx.nodes)
+    }
+
+    /// `/v1/catalog/node/<node>`: the node and its service instances keyed by ID, with
+    /// Consul's `NodeServices` index: max(`nodes`, `services`), whatever node is asked for.
+    /// An unknown node is `null` with index 0 (sent as 1), as Consul's state store answers a
+    /// node it cannot find: a blocking read of it waits for a write that moves the index.
+    pub fn catalog_node(&self, name: &str) -> (Value, u64) {
+        if name != self.node.name && name != self.node.id {
+            return (Value::Null, 0);
+        }
+        let mut node = self.node_json();
+        if let Some(o) = node.as_object_mut() {
+            o.insert("Meta".into(), json!({"consul-network-segment": ""}));
+        }
+        let services: Map<String, Value> = self
+            .services
+            .iter()
+            .map(|(id, rec)| (id.clone(), self.service_json(rec)))
+            .collect();
+        (
+            json!({"Node": node, "Services": Value::Object(services)}),
+            self.catalog_node_index(name),
+        )
+    }
+
+    /// `X-Consul-Index` of `/v1/catalog/node/<node>` (see [`Store::catalog_node`]).
+    pub fn catalog_node_index(&self, name: &str) -> u64 {
+        if name != self.node.name && name != self.node.id {
+            return 0;
+        }
+        self.idx.nodes.max(self.idx.services)
     }
 
     /// `/v1/agent/services`.
