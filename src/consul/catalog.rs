@@ -1,5 +1,5 @@
-//! Typed catalog and health reads: the service list, the check list and one service's
-//! instances.
+//! Typed catalog and health reads: the service list, the check list, the node list, the
+//! instances on one node and one service's instances.
 //!
 //! Owns the requests and decoding of these endpoints. It must not loop or keep state; the
 //! catalog watcher (`catalog_watcher.rs`) decides when to call them.
@@ -14,7 +14,9 @@ use super::convert::{
 use super::error::ConsulError;
 use super::resolve::{Resolver, SystemResolver};
 use super::transport::{GetRequest, RawResponse, Transport};
-use super::wire::{CatalogServicesWire, HealthCheckWire, HealthEntryWire, NodeWire};
+use super::wire::{
+    CatalogNodeWire, CatalogServicesWire, HealthCheckWire, HealthEntryWire, NodeWire,
+};
 
 /// Request for `/v1/catalog/services`.
 pub fn services_request() -> GetRequest {
@@ -37,6 +39,29 @@ pub fn decode_nodes(resp: &RawResponse) -> Result<BTreeMap<String, String>, Cons
     let wire: Vec<NodeWire> =
         serde_json::from_slice(&resp.body).map_err(|e| ConsulError::decode("catalog nodes", e))?;
     Ok(wire.into_iter().map(|n| (n.node, n.address)).collect())
+}
+
+/// Request for `/v1/catalog/node/<node>`.
+pub fn node_request(node: &str) -> GetRequest {
+    GetRequest::new(["v1", "catalog", "node", node])
+}
+
+/// The instances on one node as `/v1/catalog/node/<node>` lists them: instance ID to
+/// (service name, `ModifyIndex`). Not validated: used only to decide which services to read.
+pub type NodeInstances = BTreeMap<String, (String, u64)>;
+
+/// Decodes `/v1/catalog/node/<node>`; `None` for an unknown node (`null`).
+pub fn decode_node(resp: &RawResponse) -> Result<Option<NodeInstances>, ConsulError> {
+    require_ok(resp, "catalog node")?;
+    let wire: CatalogNodeWire =
+        serde_json::from_slice(&resp.body).map_err(|e| ConsulError::decode("catalog node", e))?;
+    Ok(wire.map(|n| {
+        n.services
+            .unwrap_or_default()
+            .into_values()
+            .map(|s| (s.id, (s.service, s.modify_index)))
+            .collect()
+    }))
 }
 
 /// Request for `/v1/health/service/<name>`.

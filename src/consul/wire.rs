@@ -10,6 +10,29 @@ use serde::{Deserialize, Serialize};
 /// `GET /v1/catalog/services`: service name to tags.
 pub type CatalogServicesWire = BTreeMap<String, Vec<String>>;
 
+/// `GET /v1/catalog/node/:node`, reduced to what change detection reads; the body is `null`
+/// for a node Consul does not know.
+pub type CatalogNodeWire = Option<CatalogNodeServicesWire>;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CatalogNodeServicesWire {
+    /// Instance ID to instance.
+    #[serde(default)]
+    pub services: Option<BTreeMap<String, NodeServiceWire>>,
+}
+
+/// One instance of `GET /v1/catalog/node/:node` (other fields are skipped).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeServiceWire {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
 /// One entry of `GET /v1/health/service/:name`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "PascalCase")]
