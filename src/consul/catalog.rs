@@ -58,7 +58,8 @@ pub fn decode_node(resp: &RawResponse) -> Result<Option<NodeInstances>, ConsulEr
     Ok(wire.map(|n| {
         n.services
             .unwrap_or_default()
-            .into_values()
+            .0
+            .into_iter()
             .map(|s| (s.id, (s.service, s.modify_index)))
             .collect()
     }))
@@ -140,5 +141,42 @@ impl super::ConsulClient {
     /// system resolver; invalid instances dropped with a warning.
     pub async fn health_service(&self, service: &ServiceName) -> Result<ServiceRead, ConsulError> {
         read_service(self, &SystemResolver, service).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn resp(status: u16, body: &str) -> RawResponse {
+        RawResponse {
+            status,
+            index: Some(7),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_node_read_lists_id_name_and_modify_index_and_null_is_no_node() {
+        let body = r#"{"Node":{"Node":"n1","Address":"10.0.0.1"},"Services":{
+            "h:web:80":{"ID":"h:web:80","Service":"web","Tags":["a"],"Port":80,
+                        "Weights":{"Passing":1,"Warning":1},"Proxy":{"Expose":{}},
+                        "CreateIndex":3,"ModifyIndex":9},
+            "db1":{"ID":"db1","Service":"db","Tags":null,"ModifyIndex":4}}}"#;
+        let got = decode_node(&resp(200, body)).unwrap().unwrap();
+        let want: NodeInstances = [
+            ("db1".to_owned(), ("db".to_owned(), 4)),
+            ("h:web:80".to_owned(), ("web".to_owned(), 9)),
+        ]
+        .into();
+        assert_eq!(got, want);
+        assert_eq!(decode_node(&resp(200, "null")).unwrap(), None);
+        assert_eq!(
+            decode_node(&resp(200, r#"{"Node":{"Node":"n1"},"Services":null}"#)).unwrap(),
+            Some(NodeInstances::new())
+        );
+        assert!(decode_node(&resp(404, "")).is_err());
+        assert!(decode_node(&resp(200, r#"{"Services":[1]}"#)).is_err());
     }
 }

@@ -685,18 +685,8 @@ impl Coordinator {
         for node in nodes {
             let before = old.get(node).map_or(&empty, |v| &v.instances);
             let after = new.get(node).map_or(&empty, |v| &v.instances);
-            if before == after {
-                continue;
-            }
-            for (id, entry) in before {
-                if after.get(id) != Some(entry) {
-                    names.insert(entry.0.as_str());
-                }
-            }
-            for (id, entry) in after {
-                if before.get(id) != Some(entry) {
-                    names.insert(entry.0.as_str());
-                }
+            if before != after {
+                moved_services(before, after, &mut names);
             }
         }
         let mut changed: BTreeSet<ServiceName> = names
@@ -744,6 +734,49 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Adds the service names of the instances that differ between two lists of one node
+/// (appeared, vanished, or another name or `ModifyIndex`): one merge pass over both, which
+/// are sorted by instance ID.
+fn moved_services<'a>(
+    before: &'a NodeInstances,
+    after: &'a NodeInstances,
+    out: &mut BTreeSet<&'a str>,
+) {
+    let mut b = before.iter().peekable();
+    let mut a = after.iter().peekable();
+    loop {
+        match (b.peek(), a.peek()) {
+            (None, None) => return,
+            (Some((_, old)), None) => {
+                out.insert(old.0.as_str());
+                b.next();
+            }
+            (None, Some((_, new))) => {
+                out.insert(new.0.as_str());
+                a.next();
+            }
+            (Some((old_id, old)), Some((new_id, new))) => match old_id.cmp(new_id) {
+                std::cmp::Ordering::Less => {
+                    out.insert(old.0.as_str());
+                    b.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.insert(new.0.as_str());
+                    a.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if old != new {
+                        out.insert(old.0.as_str());
+                        out.insert(new.0.as_str());
+                    }
+                    b.next();
+                    a.next();
+                }
+            },
+        }
     }
 }
 
@@ -1360,6 +1393,41 @@ mod tests {
         settle().await;
         assert_only_read(&fake, "api");
         drop(h);
+    }
+
+    #[test]
+    fn moved_services_are_the_names_of_instances_that_differ() {
+        let list = |items: &[(&str, &str, u64)]| -> NodeInstances {
+            items
+                .iter()
+                .map(|(id, name, idx)| ((*id).to_owned(), ((*name).to_owned(), *idx)))
+                .collect()
+        };
+        let before = list(&[
+            ("a1", "a", 5),
+            ("b1", "b", 6),
+            ("c1", "c", 7),
+            ("d1", "d", 8),
+        ]);
+        let after = list(&[
+            ("a1", "a", 5),
+            ("b1", "b", 9),
+            ("c1", "e", 7),
+            ("f1", "f", 10),
+        ]);
+        let mut out = BTreeSet::new();
+        moved_services(&before, &after, &mut out);
+        assert_eq!(
+            out.into_iter().collect::<Vec<_>>(),
+            ["b", "c", "d", "e", "f"]
+        );
+        let mut out = BTreeSet::new();
+        moved_services(&before, &before, &mut out);
+        assert!(out.is_empty());
+        let none = NodeInstances::new();
+        let mut out = BTreeSet::new();
+        moved_services(&none, &before, &mut out);
+        assert_eq!(out.len(), 4);
     }
 
     #[test]

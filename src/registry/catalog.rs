@@ -647,29 +647,7 @@ impl Store {
 
     /// The agent/health `Service` object.
     pub fn service_json(&self, rec: &ServiceRec) -> Value {
-        let s = &rec.def;
-        let mut v = json!({
-            "ID": s.id,
-            "Service": s.name,
-            "Tags": s.tags,
-            "Address": s.address,
-            "Meta": s.meta,
-            "Port": s.port,
-            "Weights": {"Passing": s.weights_passing, "Warning": s.weights_warning},
-            "EnableTagOverride": s.enable_tag_override,
-            "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
-            "Connect": {},
-            "PeerName": "",
-            "CreateIndex": rec.create_index,
-            "ModifyIndex": rec.modify_index,
-        });
-        if !s.tagged_addresses.is_empty() {
-            v["TaggedAddresses"] = Self::tagged_json(s);
-        }
-        if !s.kind.is_empty() {
-            v["Kind"] = s.kind.clone().into();
-        }
-        v
+        serde_json::to_value(ServiceView(rec)).unwrap_or_default()
     }
 
     /// The agent's view of one service (`/v1/agent/services` values).
@@ -812,25 +790,26 @@ impl Store {
         (json!([n]), self.idx.nodes)
     }
 
-    /// `/v1/catalog/node/<node>`: the node and its service instances keyed by ID, with
-    /// Consul's `NodeServices` index: max(`nodes`, `services`), whatever node is asked for.
-    /// An unknown node is `null` with index 0 (sent as 1), as Consul's state store answers a
-    /// node it cannot find: a blocking read of it waits for a write that moves the index.
-    pub fn catalog_node(&self, name: &str) -> (Value, u64) {
+    /// `/v1/catalog/node/<node>` as JSON bytes: the node and its service instances keyed by
+    /// ID, with Consul's `NodeServices` index: max(`nodes`, `services`), whatever node is
+    /// asked for. An unknown node is `null` with index 0 (sent as 1), as Consul's state store
+    /// answers a node it cannot find: a blocking read of it waits for a write that moves the
+    /// index. The instances are serialized straight from the store (no intermediate `Value`):
+    /// this one answer lists every instance on the node.
+    pub fn catalog_node(&self, name: &str) -> (Vec<u8>, u64) {
         if name != self.node.name && name != self.node.id {
-            return (Value::Null, 0);
+            return (b"null".to_vec(), 0);
         }
         let mut node = self.node_json();
         if let Some(o) = node.as_object_mut() {
             o.insert("Meta".into(), json!({"consul-network-segment": ""}));
         }
-        let services: Map<String, Value> = self
-            .services
-            .iter()
-            .map(|(id, rec)| (id.clone(), self.service_json(rec)))
-            .collect();
+        let view = NodeServicesView {
+            node,
+            services: ServicesById(&self.services),
+        };
         (
-            json!({"Node": node, "Services": Value::Object(services)}),
+            serde_json::to_vec(&view).unwrap_or_default(),
             self.catalog_node_index(name),
         )
     }
@@ -892,6 +871,111 @@ impl Store {
     }
 }
 
+/// A service instance in Consul's `NodeService` shape, in the field order Consul writes.
+struct ServiceView<'a>(&'a ServiceRec);
+
+#[derive(Serialize)]
+struct WeightsView {
+    #[serde(rename = "Passing")]
+    passing: i64,
+    #[serde(rename = "Warning")]
+    warning: i64,
+}
+
+#[derive(Serialize)]
+struct EmptyObject {}
+
+#[derive(Serialize)]
+struct ProxyView {
+    #[serde(rename = "Mode")]
+    mode: &'static str,
+    #[serde(rename = "MeshGateway")]
+    mesh_gateway: EmptyObject,
+    #[serde(rename = "Expose")]
+    expose: EmptyObject,
+}
+
+#[derive(Serialize)]
+struct TaggedView<'a> {
+    #[serde(rename = "Address")]
+    address: &'a str,
+    #[serde(rename = "Port")]
+    port: i64,
+}
+
+impl Serialize for ServiceView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let rec = self.0;
+        let s = &rec.def;
+        let mut m = serializer.serialize_map(None)?;
+        m.serialize_entry("ID", &s.id)?;
+        m.serialize_entry("Service", &s.name)?;
+        m.serialize_entry("Tags", &s.tags)?;
+        m.serialize_entry("Address", &s.address)?;
+        m.serialize_entry("Meta", &s.meta)?;
+        m.serialize_entry("Port", &s.port)?;
+        m.serialize_entry(
+            "Weights",
+            &WeightsView {
+                passing: s.weights_passing,
+                warning: s.weights_warning,
+            },
+        )?;
+        m.serialize_entry("EnableTagOverride", &s.enable_tag_override)?;
+        m.serialize_entry(
+            "Proxy",
+            &ProxyView {
+                mode: "",
+                mesh_gateway: EmptyObject {},
+                expose: EmptyObject {},
+            },
+        )?;
+        m.serialize_entry("Connect", &EmptyObject {})?;
+        m.serialize_entry("PeerName", "")?;
+        m.serialize_entry("CreateIndex", &rec.create_index)?;
+        m.serialize_entry("ModifyIndex", &rec.modify_index)?;
+        if !s.tagged_addresses.is_empty() {
+            let tagged: BTreeMap<&str, TaggedView<'_>> = s
+                .tagged_addresses
+                .iter()
+                .map(|(k, a)| {
+                    (
+                        k.as_str(),
+                        TaggedView {
+                            address: &a.address,
+                            port: a.port,
+                        },
+                    )
+                })
+                .collect();
+            m.serialize_entry("TaggedAddresses", &tagged)?;
+        }
+        if !s.kind.is_empty() {
+            m.serialize_entry("Kind", &s.kind)?;
+        }
+        m.end()
+    }
+}
+
+/// Service instances keyed by ID, serialized in ID order.
+struct ServicesById<'a>(&'a BTreeMap<String, ServiceRec>);
+
+impl Serialize for ServicesById<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(id, rec)| (id, ServiceView(rec))))
+    }
+}
+
+/// The body of `/v1/catalog/node/<node>`.
+#[derive(Serialize)]
+struct NodeServicesView<'a> {
+    #[serde(rename = "Node")]
+    node: Value,
+    #[serde(rename = "Services")]
+    services: ServicesById<'a>,
+}
+
 /// Consul's `AggregatedStatus`: maintenance > critical > warning > passing; empty is passing.
 pub fn aggregated_status(checks: &[&CheckRec]) -> String {
     let mut worst = 0;
@@ -921,6 +1005,40 @@ pub fn aggregated_status(checks: &[&CheckRec]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_objects_keep_consul_shape_and_field_order() {
+        let mut store = Store::new("id".into(), "n1".into(), "dc1".into());
+        let def = ServiceDef {
+            id: "w1".into(),
+            name: "web".into(),
+            tags: vec!["a".into()],
+            meta: [("k".to_string(), "v".to_string())].into(),
+            port: 80,
+            kind: "connect-proxy".into(),
+            tagged_addresses: [(
+                "lan".to_string(),
+                ServiceAddress {
+                    address: "10.0.0.1".into(),
+                    port: 81,
+                },
+            )]
+            .into(),
+            ..ServiceDef::default()
+        };
+        store.register_service(7, &def, &[], false).unwrap();
+        let v = store.service_json(&store.services["w1"]);
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"ID":"w1","Service":"web","Tags":["a"],"Address":"","Meta":{"k":"v"},"Port":80,"Weights":{"Passing":1,"Warning":1},"EnableTagOverride":false,"Proxy":{"Mode":"","MeshGateway":{},"Expose":{}},"Connect":{},"PeerName":"","CreateIndex":7,"ModifyIndex":7,"TaggedAddresses":{"lan":{"Address":"10.0.0.1","Port":81}},"Kind":"connect-proxy"}"#
+        );
+        let (body, index) = store.catalog_node("n1");
+        let node: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(node["Services"]["w1"], v);
+        assert_eq!(node["Node"]["Node"], "n1");
+        assert_eq!(index, 7);
+        assert_eq!(store.catalog_node("other"), (b"null".to_vec(), 0));
+    }
 
     #[test]
     fn registrator_payload_is_accepted() {

@@ -365,8 +365,8 @@ async fn route(core: &Arc<Core>, req: &Req) -> ApiResult {
             req,
             |s| s.catalog_node_index(&node),
             |s| {
-                let (v, i) = s.catalog_node(&node);
-                (json_resp(&v), i)
+                let (body, i) = s.catalog_node(&node);
+                (Resp::new(StatusCode::OK, body, Some("application/json")), i)
             },
         )
         .await;
