@@ -3,10 +3,20 @@
 //!
 //! Owns the coordination of three change feeds (`/v1/catalog/services`,
 //! `/v1/health/state/any` and `/v1/catalog/nodes`, each one blocking query) and the plain
-//! per-service re-reads of
-//! `/v1/health/service/<name>` they trigger. It must not open one long-poll per service, and a
-//! failed or undecodable read must never change the published snapshot. See
-//! ARCHITECTURE.md ("Watching Consul") for the design and its request costs.
+//! reads they trigger: per-service re-reads of `/v1/health/service/<name>`, and the *node
+//! sweep* that finds a silent change (an instance registered or deregistered without checks,
+//! which moves only the services feed's index): one `/v1/catalog/node/<node>` per node the
+//! nodes feed lists, each instance's (ID, service name, `ModifyIndex`) compared with the
+//! previous sweep, and only the services whose instances appeared, vanished or changed
+//! re-read. A sweep's cost follows the nodes (requests) and the instances on them (bytes), not
+//! the services; node sweeps are rate-limited to one per `instances × 50 µs` (500 ms to 2 s)
+//! after a burst of two. When a node read fails (an older server, a token that may not read
+//! nodes) or no baseline exists yet, the sweep re-reads every interesting service instead,
+//! comparing per-service indexes, so nothing is missed.
+//!
+//! It must not open one long-poll per service, and a failed or undecodable read must never
+//! change the published snapshot. See ARCHITECTURE.md ("Watching Consul") for the design and
+//! its request costs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
