@@ -12,7 +12,8 @@
 //! the services; node sweeps are rate-limited to one per `instances × 50 µs` (500 ms to 2 s)
 //! after a burst of two. When a node read fails (an older server, a token that may not read
 //! nodes) or no baseline exists yet, the sweep re-reads every interesting service instead,
-//! comparing per-service indexes, so nothing is missed.
+//! comparing per-service indexes, so nothing is missed. A proxy that routes a few services of
+//! a large catalog keeps per-service sweeps, which then cost Consul less (`node_sweep_pays`).
 //!
 //! It must not open one long-poll per service, and a failed or undecodable read must never
 //! change the published snapshot. See ARCHITECTURE.md ("Watching Consul") for the design and
@@ -40,6 +41,11 @@ use super::error::ConsulError;
 use super::rate_limit::TokenBucket;
 use super::resolve::{Resolver, SystemResolver};
 use super::transport::Transport;
+
+/// What one request costs Consul, in instance entries of a node read, when the watcher
+/// chooses between a node sweep and a per-service sweep (about 280 bytes per entry: a request
+/// weighs as much as some 28 KB of body).
+const REQUEST_COST: usize = 100;
 
 /// Which services to track.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -433,12 +439,36 @@ impl Coordinator {
     /// Node sweeps are paced by the instances they list; per-service sweeps (no node
     /// baseline yet, or node reads failing) by the interesting services.
     fn sweep_interval(&self) -> Duration {
+        let interesting = self.interesting();
         match &self.node_views {
-            Some(views) => self
+            Some(views) if self.node_sweep_pays(&interesting) => self
                 .options
                 .node_sweep_interval(views.values().map(|v| v.instances.len()).sum()),
-            None => self.options.sweep_interval(self.interesting().len()),
+            _ => self.options.sweep_interval(interesting.len()),
         }
+    }
+
+    /// Whether a node sweep is expected to cost Consul less than a per-service sweep, counting
+    /// a request as [`REQUEST_COST`] instance entries: `nodes × REQUEST_COST + all instances`
+    /// against `services × REQUEST_COST + their instances`. A proxy routing a few services of
+    /// a large catalog keeps per-service sweeps; one routing most of it sweeps the nodes.
+    /// Without a node baseline the instance count is unknown and the nodes are tried.
+    fn node_sweep_pays(&self, interesting: &BTreeSet<ServiceName>) -> bool {
+        let Some(views) = &self.node_views else {
+            return true;
+        };
+        let nodes = self.nodes.as_ref().map_or(views.len(), |n| n.len());
+        let all: usize = views.values().map(|v| v.instances.len()).sum();
+        let routed: usize = interesting
+            .iter()
+            .filter_map(|name| self.cache.get(name))
+            .map(|c| c.instances.len())
+            .sum();
+        nodes.saturating_mul(REQUEST_COST).saturating_add(all)
+            <= interesting
+                .len()
+                .saturating_mul(REQUEST_COST)
+                .saturating_add(routed)
     }
 
     fn has_work(&self) -> bool {
@@ -575,12 +605,15 @@ impl Coordinator {
     async fn round(&mut self) {
         let interesting = self.interesting();
         let force = self.full;
+        let use_nodes = self.node_sweep_pays(&interesting);
         let targets: Vec<ServiceName> = if self.full {
             // The node baseline is read before the services, so a change between the two
             // reads shows in the next node sweep's diff rather than falling between them.
-            self.node_views = self.read_node_views(false).await;
+            if use_nodes {
+                self.node_views = self.read_node_views(false).await;
+            }
             interesting.iter().cloned().collect()
-        } else if self.sweep {
+        } else if self.sweep && use_nodes {
             match self.node_sweep(&interesting).await {
                 Some(changed) => {
                     self.dirty.extend(changed);
@@ -588,6 +621,8 @@ impl Coordinator {
                 }
                 None => interesting.iter().cloned().collect(),
             }
+        } else if self.sweep {
+            interesting.iter().cloned().collect()
         } else {
             self.dirty.intersection(&interesting).cloned().collect()
         };
@@ -682,11 +717,9 @@ impl Coordinator {
         &mut self,
         interesting: &BTreeSet<ServiceName>,
     ) -> Option<BTreeSet<ServiceName>> {
-        let had_baseline = self.node_views.is_some();
         let views = self.read_node_views(true).await;
         let old = std::mem::replace(&mut self.node_views, views);
-        let (Some(old), Some(new)) = (old.filter(|_| had_baseline), self.node_views.as_ref())
-        else {
+        let (Some(old), Some(new)) = (old, self.node_views.as_ref()) else {
             return None;
         };
         let mut names: BTreeSet<&str> = BTreeSet::new();
@@ -1402,6 +1435,29 @@ mod tests {
         h.until(|s| ids(s, "api").len() == 2).await;
         settle().await;
         assert_only_read(&fake, "api");
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_few_routed_services_of_a_large_catalog_keep_per_service_sweeps() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "web-1", "n1", 80));
+        for n in 0..300 {
+            fake.register(FakeInstance::new("other", &format!("o{n}"), "n1", 81));
+        }
+        let only_web = Interest::Services([svc("web")].into());
+        let mut h = start(&fake, only_web, opts());
+        h.until(|s| ids(s, "web").len() == 1).await;
+        settle().await;
+
+        // One node listing 301 instances weighs more than reading the one routed service.
+        fake.clear_log();
+        fake.register(FakeInstance::new("web", "web-2", "n1", 82));
+        h.until(|s| ids(s, "web").len() == 2).await;
+        settle().await;
+        assert_eq!(fake.node_reads(), 0);
+        assert_eq!(fake.service_reads("web"), 1);
+        assert_eq!(fake.service_reads("other"), 0);
         drop(h);
     }
 
