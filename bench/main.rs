@@ -38,9 +38,9 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     samples: usize,
     /// Pause between rescale samples, in milliseconds. The catalog watcher allows one sweep
-    /// (the read that finds a silent registration) per 500 ms to 2 s (growing with the number
-    /// of services) after a burst of two, and each sample registers and deregisters; a shorter
-    /// gap measures that limiter instead.
+    /// (the read of every node's instance list that finds a silent registration) per 500 ms
+    /// to 2 s (growing with the number of instances) after a burst of two, and each sample
+    /// registers and deregisters; a shorter gap measures that limiter instead.
     #[arg(long, default_value_t = 4500)]
     gap_ms: u64,
     /// Pause between the samples of the rescale-under-churn row, in milliseconds.
@@ -881,8 +881,8 @@ impl Report {
              baseline's own change detection, which flow-proxy's figure includes.\n\
              - The row with a registration and a deregistration every 0.5 s shows the catalog \
              watcher's sweep limiter (after a burst of two, one sweep per 500 ms to 2 s, \
-             growing with the number of services): silent registrations closer together than \
-             that wait for the next sweep.\n\
+             growing with the number of instances the node reads list): silent registrations \
+             closer together than that wait for the next sweep.\n\
              - **2. Reconfigure-to-routable**: from the `reconfigure` call for a new service (its \
              instance already registered) to the first 200 on its path; flow-proxy persists the \
              intent in KV, reads the service, renders, reloads (the master's parse is the check \
@@ -1000,8 +1000,9 @@ impl Report {
                  proportional to the change (target not met): every apply plans and renders the \
                  whole configuration and compares whole texts, a structural change checks and \
                  reloads the whole file, and a registration without checks costs one sweep that \
-                 re-reads every routed service (limited to one per 500 ms to 2 s): that is why the rescale \
-                 time grows with the number of services."
+                 reads every node's instance list (`/v1/catalog/node/<node>`; here one node \
+                 listing every instance) before only the service that moved is re-read: that is \
+                 why the rescale time still grows with the number of instances."
             );
         }
         s

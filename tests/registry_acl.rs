@@ -93,6 +93,7 @@ fn endpoints() -> Vec<(Method, &'static str, Option<String>)> {
         (Method::DELETE, "/v1/kv/a", None),
         (Method::GET, "/v1/catalog/services", None),
         (Method::GET, "/v1/catalog/nodes", None),
+        (Method::GET, "/v1/catalog/node/node1", None),
         (Method::GET, "/v1/catalog/service/web", None),
         (Method::GET, "/v1/health/service/web", None),
         (Method::GET, "/v1/health/state/any", None),

@@ -935,6 +935,97 @@ async fn silent_change_check_less_instance_moves_indexes() {
     r.stop().await;
 }
 
+/// `GET /v1/catalog/node/:node` (`CatalogNodeServices`): the node and its instances keyed by
+/// ID, with the `NodeServices` index max(nodes, services); `null` for an unknown node.
+#[tokio::test]
+async fn catalog_node_lists_its_services_by_id_with_the_catalog_index() {
+    let r = start().await;
+    r.register(json!({"ID": "h:web1:80", "Name": "web", "Tags": ["a"], "Port": 80}))
+        .await;
+    r.register(json!({"ID": "db1", "Name": "db", "Port": 5432, "Check": {"TTL": "30s"}}))
+        .await;
+    let a = r.get("/v1/catalog/node/node1").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let v = a.json();
+    assert_eq!(v["Node"]["Node"], "node1");
+    assert_eq!(v["Node"]["Address"], "127.0.0.1");
+    let services = v["Services"].as_object().unwrap();
+    assert_eq!(
+        services.keys().collect::<Vec<_>>(),
+        ["db1", "h:web1:80"],
+        "keyed by instance ID"
+    );
+    let web = &v["Services"]["h:web1:80"];
+    assert_eq!(web["ID"], "h:web1:80");
+    assert_eq!(web["Service"], "web");
+    assert_eq!(web["Tags"], json!(["a"]));
+    assert_eq!(web["Port"], 80);
+    let db_modify = v["Services"]["db1"]["ModifyIndex"].as_u64().unwrap();
+    assert!(web["ModifyIndex"].as_u64().unwrap() < db_modify);
+    let services_idx = r.get("/v1/catalog/services").await.index();
+    let nodes_idx = r.get("/v1/catalog/nodes").await.index();
+    assert_eq!(a.index(), services_idx.max(nodes_idx));
+    assert_eq!(a.index(), db_modify);
+
+    // A check change moves neither entry, so neither the index nor the body.
+    let a = r.put("/v1/agent/check/pass/service:db1", "").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let after_check = r.get("/v1/catalog/node/node1").await;
+    assert_eq!(after_check.index(), services_idx.max(nodes_idx));
+    assert_eq!(after_check.json(), v);
+
+    // Unknown node: 200 and `null`; no name: 400.
+    let a = r.get("/v1/catalog/node/elsewhere").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text.trim(), "null");
+    assert_eq!(a.index(), 1);
+    let a = r.get("/v1/catalog/node/").await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.text, "Missing node name");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn catalog_node_blocks_until_a_service_on_it_changes() {
+    let r = start().await;
+    r.register(json!({"ID": "w1", "Name": "w", "Port": 80}))
+        .await;
+    let idx = r.get("/v1/catalog/node/node1").await.index();
+    // A KV write consumes a raft index but moves neither entry: the read times out unchanged.
+    r.put("/v1/kv/x", "1").await;
+    let a = r
+        .get(&format!("/v1/catalog/node/node1?index={idx}&wait=300ms"))
+        .await;
+    assert_eq!(a.index(), idx);
+    // A silent registration (no checks, same tags) wakes it with the new instance.
+    let base = r.base.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let a = reqwest::Client::new()
+            .put(format!("{base}/v1/agent/service/register"))
+            .body(json!({"ID": "w2", "Name": "w", "Port": 81}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(a.status(), 200);
+    });
+    let a = r
+        .get(&format!("/v1/catalog/node/node1?index={idx}&wait=10s"))
+        .await;
+    assert!(a.index() > idx);
+    assert_eq!(a.json()["Services"]["w2"]["Service"], "w");
+    writer.await.unwrap();
+    // So does a deregistration.
+    let idx = a.index();
+    r.put("/v1/agent/service/deregister/w1", "").await;
+    let a = r
+        .get(&format!("/v1/catalog/node/node1?index={idx}&wait=10s"))
+        .await;
+    assert!(a.index() > idx);
+    assert!(a.json()["Services"].get("w1").is_none());
+    r.stop().await;
+}
+
 // ---------------------------------------------------------------- 17.3 agent
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! Typed catalog and health reads: the service list, the check list and one service's
-//! instances.
+//! Typed catalog and health reads: the service list, the check list, the node list, the
+//! instances on one node and one service's instances.
 //!
 //! Owns the requests and decoding of these endpoints. It must not loop or keep state; the
 //! catalog watcher (`catalog_watcher.rs`) decides when to call them.
@@ -14,7 +14,9 @@ use super::convert::{
 use super::error::ConsulError;
 use super::resolve::{Resolver, SystemResolver};
 use super::transport::{GetRequest, RawResponse, Transport};
-use super::wire::{CatalogServicesWire, HealthCheckWire, HealthEntryWire, NodeWire};
+use super::wire::{
+    CatalogNodeWire, CatalogServicesWire, HealthCheckWire, HealthEntryWire, NodeWire,
+};
 
 /// Request for `/v1/catalog/services`.
 pub fn services_request() -> GetRequest {
@@ -37,6 +39,30 @@ pub fn decode_nodes(resp: &RawResponse) -> Result<BTreeMap<String, String>, Cons
     let wire: Vec<NodeWire> =
         serde_json::from_slice(&resp.body).map_err(|e| ConsulError::decode("catalog nodes", e))?;
     Ok(wire.into_iter().map(|n| (n.node, n.address)).collect())
+}
+
+/// Request for `/v1/catalog/node/<node>`.
+pub fn node_request(node: &str) -> GetRequest {
+    GetRequest::new(["v1", "catalog", "node", node])
+}
+
+/// The instances on one node as `/v1/catalog/node/<node>` lists them: instance ID to
+/// (service name, `ModifyIndex`). Not validated: used only to decide which services to read.
+pub type NodeInstances = BTreeMap<String, (String, u64)>;
+
+/// Decodes `/v1/catalog/node/<node>`; `None` for an unknown node (`null`).
+pub fn decode_node(resp: &RawResponse) -> Result<Option<NodeInstances>, ConsulError> {
+    require_ok(resp, "catalog node")?;
+    let wire: CatalogNodeWire =
+        serde_json::from_slice(&resp.body).map_err(|e| ConsulError::decode("catalog node", e))?;
+    Ok(wire.map(|n| {
+        n.services
+            .unwrap_or_default()
+            .0
+            .into_iter()
+            .map(|s| (s.id, (s.service, s.modify_index)))
+            .collect()
+    }))
 }
 
 /// Request for `/v1/health/service/<name>`.
@@ -115,5 +141,42 @@ impl super::ConsulClient {
     /// system resolver; invalid instances dropped with a warning.
     pub async fn health_service(&self, service: &ServiceName) -> Result<ServiceRead, ConsulError> {
         read_service(self, &SystemResolver, service).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn resp(status: u16, body: &str) -> RawResponse {
+        RawResponse {
+            status,
+            index: Some(7),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_node_read_lists_id_name_and_modify_index_and_null_is_no_node() {
+        let body = r#"{"Node":{"Node":"n1","Address":"10.0.0.1"},"Services":{
+            "h:web:80":{"ID":"h:web:80","Service":"web","Tags":["a"],"Port":80,
+                        "Weights":{"Passing":1,"Warning":1},"Proxy":{"Expose":{}},
+                        "CreateIndex":3,"ModifyIndex":9},
+            "db1":{"ID":"db1","Service":"db","Tags":null,"ModifyIndex":4}}}"#;
+        let got = decode_node(&resp(200, body)).unwrap().unwrap();
+        let want: NodeInstances = [
+            ("db1".to_owned(), ("db".to_owned(), 4)),
+            ("h:web:80".to_owned(), ("web".to_owned(), 9)),
+        ]
+        .into();
+        assert_eq!(got, want);
+        assert_eq!(decode_node(&resp(200, "null")).unwrap(), None);
+        assert_eq!(
+            decode_node(&resp(200, r#"{"Node":{"Node":"n1"},"Services":null}"#)).unwrap(),
+            Some(NodeInstances::new())
+        );
+        assert!(decode_node(&resp(404, "")).is_err());
+        assert!(decode_node(&resp(200, r#"{"Services":[1]}"#)).is_err());
     }
 }

@@ -3,10 +3,21 @@
 //!
 //! Owns the coordination of three change feeds (`/v1/catalog/services`,
 //! `/v1/health/state/any` and `/v1/catalog/nodes`, each one blocking query) and the plain
-//! per-service re-reads of
-//! `/v1/health/service/<name>` they trigger. It must not open one long-poll per service, and a
-//! failed or undecodable read must never change the published snapshot. See
-//! ARCHITECTURE.md ("Watching Consul") for the design and its request costs.
+//! reads they trigger: per-service re-reads of `/v1/health/service/<name>`, and the *node
+//! sweep* that finds a silent change (an instance registered or deregistered without checks,
+//! which moves only the services feed's index): one `/v1/catalog/node/<node>` per node the
+//! nodes feed lists, each instance's (ID, service name, `ModifyIndex`) compared with the
+//! previous sweep, and only the services whose instances appeared, vanished or changed
+//! re-read. A sweep's cost follows the nodes (requests) and the instances on them (bytes), not
+//! the services; node sweeps are rate-limited to one per `instances × 50 µs` (500 ms to 2 s)
+//! after a burst of two. When a node read fails (an older server, a token that may not read
+//! nodes) or no baseline exists yet, the sweep re-reads every interesting service instead,
+//! comparing per-service indexes, so nothing is missed. A proxy that routes a few services of
+//! a large catalog keeps per-service sweeps, which then cost Consul less (`node_sweep_pays`).
+//!
+//! It must not open one long-poll per service, and a failed or undecodable read must never
+//! change the published snapshot. See ARCHITECTURE.md ("Watching Consul") for the design and
+//! its request costs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,8 +32,8 @@ use crate::domain::{CatalogSnapshot, Instance, NodeName, ServiceName, Tag};
 
 use super::blocking::{BlockingQuery, WatchEvent, WatchOptions, spawn_watch};
 use super::catalog::{
-    checks_request, decode_checks, decode_health_entries, decode_nodes, decode_services,
-    health_service_request, nodes_request, services_request,
+    NodeInstances, checks_request, decode_checks, decode_health_entries, decode_node, decode_nodes,
+    decode_services, health_service_request, node_request, nodes_request, services_request,
 };
 use super::client::ConsulClient;
 use super::convert::{CheckState, ServiceTags, convert_health_entries};
@@ -30,6 +41,11 @@ use super::error::ConsulError;
 use super::rate_limit::TokenBucket;
 use super::resolve::{Resolver, SystemResolver};
 use super::transport::Transport;
+
+/// What one request costs Consul, in instance entries of a node read, when the watcher
+/// chooses between a node sweep and a per-service sweep (about 280 bytes per entry: a request
+/// weighs as much as some 28 KB of body).
+const REQUEST_COST: usize = 100;
 
 /// Which services to track.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -97,15 +113,26 @@ pub struct CatalogWatcherOptions {
     /// few services are swept as often as any round runs, thousands at most once per
     /// `sweep_refill`, so the read rate a sweep costs Consul stays bounded at any size.
     pub sweep_cost_per_service: Duration,
+    /// What one instance listed by the node reads adds to the interval of node sweeps (one
+    /// `/v1/catalog/node/<node>` per node), which is `instances × sweep_cost_per_instance`
+    /// kept between `round_refill` and `sweep_refill`: a node sweep moves every instance's
+    /// entry, so its interval follows their number, not the number of services.
+    pub sweep_cost_per_instance: Duration,
 }
 
 impl CatalogWatcherOptions {
-    /// The sweep interval for this many interesting services.
+    /// The interval of per-service sweeps (the fallback) for this many interesting services.
     pub fn sweep_interval(&self, services: usize) -> Duration {
-        let per_service = self
-            .sweep_cost_per_service
-            .saturating_mul(u32::try_from(services).unwrap_or(u32::MAX));
-        per_service
+        self.bounded(self.sweep_cost_per_service, services)
+    }
+
+    /// The interval of node sweeps when the last one listed this many instances.
+    pub fn node_sweep_interval(&self, instances: usize) -> Duration {
+        self.bounded(self.sweep_cost_per_instance, instances)
+    }
+
+    fn bounded(&self, each: Duration, count: usize) -> Duration {
+        each.saturating_mul(u32::try_from(count).unwrap_or(u32::MAX))
             .max(self.round_refill)
             .min(self.sweep_refill.max(self.round_refill))
     }
@@ -121,6 +148,7 @@ impl Default for CatalogWatcherOptions {
             round_refill: Duration::from_millis(500),
             sweep_refill: Duration::from_secs(2),
             sweep_cost_per_service: Duration::from_millis(1),
+            sweep_cost_per_instance: Duration::from_micros(50),
         }
     }
 }
@@ -206,6 +234,7 @@ impl CatalogWatcher {
             retry: BTreeSet::new(),
             sweep: false,
             full: true,
+            node_views: None,
             published: false,
             feed_indexes: [0; 3],
             tx,
@@ -214,6 +243,14 @@ impl CatalogWatcher {
         tokio::spawn(coordinator.run(interest, cancel));
         (rx, list_rx)
     }
+}
+
+/// One node as the last node sweep read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeView {
+    /// `X-Consul-Index` of the read: equal on the next read means the list is unchanged.
+    index: u64,
+    instances: NodeInstances,
 }
 
 /// Last good read of one service.
@@ -244,6 +281,9 @@ struct Coordinator {
     sweep: bool,
     /// Re-read and re-resolve every interesting service, ignoring cached indexes.
     full: bool,
+    /// Every node's instances as the last node sweep saw them (the baseline the next one is
+    /// compared with); `None` until a node sweep succeeds and after one fails.
+    node_views: Option<BTreeMap<String, NodeView>>,
     published: bool,
     /// Last index of the services, checks and nodes feeds, to notice one going backwards.
     feed_indexes: [u64; 3],
@@ -338,7 +378,7 @@ impl Coordinator {
             }
             if self.has_work() {
                 if self.full || self.sweep {
-                    sweeps.set_refill_every(self.options.sweep_interval(self.interesting().len()));
+                    sweeps.set_refill_every(self.sweep_interval());
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return,
@@ -394,6 +434,41 @@ impl Coordinator {
                 _ = sleep_until_opt(retry_sleep), if retry_sleep.is_some() => {}
             }
         }
+    }
+
+    /// Node sweeps are paced by the instances they list; per-service sweeps (no node
+    /// baseline yet, or node reads failing) by the interesting services.
+    fn sweep_interval(&self) -> Duration {
+        let interesting = self.interesting();
+        match &self.node_views {
+            Some(views) if self.node_sweep_pays(&interesting) => self
+                .options
+                .node_sweep_interval(views.values().map(|v| v.instances.len()).sum()),
+            _ => self.options.sweep_interval(interesting.len()),
+        }
+    }
+
+    /// Whether a node sweep is expected to cost Consul less than a per-service sweep, counting
+    /// a request as [`REQUEST_COST`] instance entries: `nodes × REQUEST_COST + all instances`
+    /// against `services × REQUEST_COST + their instances`. A proxy routing a few services of
+    /// a large catalog keeps per-service sweeps; one routing most of it sweeps the nodes.
+    /// Without a node baseline the instance count is unknown and the nodes are tried.
+    fn node_sweep_pays(&self, interesting: &BTreeSet<ServiceName>) -> bool {
+        let Some(views) = &self.node_views else {
+            return true;
+        };
+        let nodes = self.nodes.as_ref().map_or(views.len(), |n| n.len());
+        let all: usize = views.values().map(|v| v.instances.len()).sum();
+        let routed: usize = interesting
+            .iter()
+            .filter_map(|name| self.cache.get(name))
+            .map(|c| c.instances.len())
+            .sum();
+        nodes.saturating_mul(REQUEST_COST).saturating_add(all)
+            <= interesting
+                .len()
+                .saturating_mul(REQUEST_COST)
+                .saturating_add(routed)
     }
 
     fn has_work(&self) -> bool {
@@ -478,6 +553,12 @@ impl Coordinator {
             .map(|(node, _)| node)
             .chain(event.payload.keys().filter(|n| !old.contains_key(*n)))
             .collect();
+        // A node that appeared may bring instances the services feed announced before the
+        // node was listed; one that vanished takes its instances with it: the node sweep
+        // finds which services they belong to.
+        if old.len() != event.payload.len() || old.keys().any(|n| !event.payload.contains_key(n)) {
+            self.sweep = true;
+        }
         self.mark_nodes(changed.into_iter().cloned());
     }
 
@@ -524,7 +605,23 @@ impl Coordinator {
     async fn round(&mut self) {
         let interesting = self.interesting();
         let force = self.full;
-        let targets: Vec<ServiceName> = if self.full || self.sweep {
+        let use_nodes = self.node_sweep_pays(&interesting);
+        let targets: Vec<ServiceName> = if self.full {
+            // The node baseline is read before the services, so a change between the two
+            // reads shows in the next node sweep's diff rather than falling between them.
+            if use_nodes {
+                self.node_views = self.read_node_views(false).await;
+            }
+            interesting.iter().cloned().collect()
+        } else if self.sweep && use_nodes {
+            match self.node_sweep(&interesting).await {
+                Some(changed) => {
+                    self.dirty.extend(changed);
+                    self.dirty.intersection(&interesting).cloned().collect()
+                }
+                None => interesting.iter().cloned().collect(),
+            }
+        } else if self.sweep {
             interesting.iter().cloned().collect()
         } else {
             self.dirty.intersection(&interesting).cloned().collect()
@@ -575,6 +672,84 @@ impl Coordinator {
         self.publish(&interesting);
     }
 
+    /// Reads every node the nodes feed lists (`/v1/catalog/node/<node>`, at most
+    /// `concurrency` at once). With `reuse`, a node whose index equals the baseline's keeps
+    /// the baseline's list undecoded. `None` if any read fails or there is no node list.
+    async fn read_node_views(&self, reuse: bool) -> Option<BTreeMap<String, NodeView>> {
+        let nodes = self.nodes.as_ref()?;
+        let transport = &*self.transport;
+        let baseline = if reuse {
+            self.node_views.as_ref()
+        } else {
+            None
+        };
+        let results: Vec<(String, Result<NodeView, ConsulError>)> =
+            futures_util::stream::iter(nodes.keys().cloned())
+                .map(|node| async move {
+                    let known = baseline.and_then(|b| b.get(&node));
+                    let r = read_node(transport, &node, known).await;
+                    (node, r)
+                })
+                .buffer_unordered(self.options.concurrency.max(1))
+                .collect()
+                .await;
+        let mut views = BTreeMap::new();
+        for (node, result) in results {
+            match result {
+                Ok(view) => {
+                    views.insert(node, view);
+                }
+                Err(error) => {
+                    tracing::info!(%node, %error, "cannot read the services of a node, sweeping every service instead");
+                    return None;
+                }
+            }
+        }
+        Some(views)
+    }
+
+    /// A sweep through the nodes: reads every node's instance list and compares it with the
+    /// baseline. Returns the services whose instances appeared, vanished or changed, plus the
+    /// interesting services no node lists (their instances may sit on nodes this token cannot
+    /// read, so only a read of the service can tell). `None` asks for a per-service sweep: a
+    /// node read failed, or there was no baseline yet (the lists read now become it).
+    async fn node_sweep(
+        &mut self,
+        interesting: &BTreeSet<ServiceName>,
+    ) -> Option<BTreeSet<ServiceName>> {
+        let views = self.read_node_views(true).await;
+        let old = std::mem::replace(&mut self.node_views, views);
+        let (Some(old), Some(new)) = (old, self.node_views.as_ref()) else {
+            return None;
+        };
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        let empty = NodeInstances::new();
+        let nodes: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        for node in nodes {
+            let before = old.get(node).map_or(&empty, |v| &v.instances);
+            let after = new.get(node).map_or(&empty, |v| &v.instances);
+            if before != after {
+                moved_services(before, after, &mut names);
+            }
+        }
+        let mut changed: BTreeSet<ServiceName> = names
+            .into_iter()
+            .filter_map(|n| ServiceName::new(n).ok())
+            .collect();
+        let listed: BTreeSet<&str> = new
+            .values()
+            .flat_map(|v| v.instances.values().map(|(name, _)| name.as_str()))
+            .collect();
+        changed.extend(
+            interesting
+                .iter()
+                .filter(|name| !listed.contains(name.as_str()))
+                .cloned(),
+        );
+        tracing::debug!(nodes = new.len(), changed = changed.len(), "node sweep");
+        Some(changed)
+    }
+
     fn publish(&mut self, interesting: &BTreeSet<ServiceName>) {
         let mut snapshot = CatalogSnapshot::new();
         for name in interesting {
@@ -603,6 +778,67 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Adds the service names of the instances that differ between two lists of one node
+/// (appeared, vanished, or another name or `ModifyIndex`): one merge pass over both, which
+/// are sorted by instance ID.
+fn moved_services<'a>(
+    before: &'a NodeInstances,
+    after: &'a NodeInstances,
+    out: &mut BTreeSet<&'a str>,
+) {
+    let mut b = before.iter().peekable();
+    let mut a = after.iter().peekable();
+    loop {
+        match (b.peek(), a.peek()) {
+            (None, None) => return,
+            (Some((_, old)), None) => {
+                out.insert(old.0.as_str());
+                b.next();
+            }
+            (None, Some((_, new))) => {
+                out.insert(new.0.as_str());
+                a.next();
+            }
+            (Some((old_id, old)), Some((new_id, new))) => match old_id.cmp(new_id) {
+                std::cmp::Ordering::Less => {
+                    out.insert(old.0.as_str());
+                    b.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.insert(new.0.as_str());
+                    a.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if old != new {
+                        out.insert(old.0.as_str());
+                        out.insert(new.0.as_str());
+                    }
+                    b.next();
+                    a.next();
+                }
+            },
+        }
+    }
+}
+
+/// Reads one node's instance list; a `known` view with the same index is kept undecoded. An
+/// unknown node (`null`) has no instances.
+async fn read_node(
+    transport: &dyn Transport,
+    node: &str,
+    known: Option<&NodeView>,
+) -> Result<NodeView, ConsulError> {
+    let resp = transport.get(node_request(node)).await?;
+    let index = resp.index.unwrap_or(0).max(1);
+    if let Some(known) = known.filter(|k| k.index == index && resp.status == 200) {
+        return Ok(known.clone());
+    }
+    Ok(NodeView {
+        index,
+        instances: decode_node(&resp)?.unwrap_or_default(),
+    })
 }
 
 /// Reads one service; `Ok(None)` when its per-service index equals `known` (nothing changed).
@@ -1003,6 +1239,271 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(600)).await;
         }
         drop(h);
+    }
+
+    /// Three services with two check-less instances each, on two nodes, watched and settled.
+    async fn three_services(fake: &Arc<FakeConsul>) -> Harness {
+        for (name, port) in [("web", 80), ("api", 81), ("db", 82)] {
+            fake.register(FakeInstance::new(name, &format!("{name}-1"), "n1", port));
+            fake.register(FakeInstance::new(name, &format!("{name}-2"), "n2", port));
+        }
+        let mut h = start(fake, Interest::All, opts());
+        h.until(|s| s.services.len() == 3).await;
+        settle().await;
+        h
+    }
+
+    fn assert_only_read(fake: &FakeConsul, name: &str) {
+        assert_eq!(
+            fake.service_reads(name),
+            1,
+            "{name} was not read exactly once"
+        );
+        for other in ["web", "api", "db"].into_iter().filter(|o| *o != name) {
+            assert_eq!(fake.service_reads(other), 0, "{other} was re-read");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_change_rereads_only_the_service_whose_instances_moved() {
+        let fake = FakeConsul::new();
+        let mut h = three_services(&fake).await;
+
+        fake.clear_log();
+        let before = fake.feed_bodies();
+        fake.register(FakeInstance::new("api", "api-3", "n1", 83));
+        assert_eq!(
+            fake.feed_bodies(),
+            before,
+            "the registration must be silent"
+        );
+        h.until(|s| ids(s, "api").len() == 3).await;
+        settle().await;
+        assert!(fake.node_reads() >= 2, "the sweep went through the nodes");
+        assert_only_read(&fake, "api");
+
+        fake.clear_log();
+        fake.deregister("db", "db-1");
+        assert_eq!(
+            fake.feed_bodies(),
+            before,
+            "the deregistration must be silent"
+        );
+        let s = h.until(|s| ids(s, "db") == ["db-2"]).await;
+        assert_eq!(ids(&s, "api"), ["api-1", "api-3", "api-2"]);
+        settle().await;
+        assert_only_read(&fake, "db");
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_node_read_falls_back_to_sweeping_every_service() {
+        let fake = FakeConsul::new();
+        let mut h = three_services(&fake).await;
+
+        for status in [403, 404, 500] {
+            fake.set_node_status(Some(status));
+            fake.clear_log();
+            let n = ids(&h.rx.borrow(), "web").len();
+            fake.register(FakeInstance::new(
+                "web",
+                &format!("web-x{status}"),
+                "n1",
+                90,
+            ));
+            h.until(|s| ids(s, "web").len() == n + 1).await;
+            settle().await;
+            for name in ["web", "api", "db"] {
+                assert!(
+                    fake.service_reads(name) >= 1,
+                    "{status}: {name} was not swept"
+                );
+            }
+        }
+
+        // Node reads work again: the next sweep takes a new baseline (and still sweeps every
+        // service); the one after it is narrowed again.
+        fake.set_node_status(None);
+        fake.clear_log();
+        fake.register(FakeInstance::new("db", "db-3", "n2", 91));
+        h.until(|s| ids(s, "db").len() == 3).await;
+        settle().await;
+        assert!(fake.service_reads("web") >= 1 && fake.service_reads("api") >= 1);
+        fake.clear_log();
+        fake.register(FakeInstance::new("db", "db-4", "n2", 92));
+        h.until(|s| ids(s, "db").len() == 4).await;
+        settle().await;
+        assert_only_read(&fake, "db");
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_node_baseline_is_read_before_the_services() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "web-1", "n1", 80));
+        fake.register(FakeInstance::new("api", "api-1", "n2", 81));
+        let mut h = start(&fake, Interest::All, opts());
+        h.until(|s| s.services.len() == 2).await;
+        let log = fake.log();
+        let first_node = log.iter().position(|p| p.starts_with("/v1/catalog/node/"));
+        let first_service = log
+            .iter()
+            .position(|p| p.starts_with("/v1/health/service/"));
+        assert!(
+            first_node.is_some() && first_node < first_service,
+            "node baseline after the service reads: {log:?}"
+        );
+        settle().await;
+
+        // The first silent change after the start is already narrowed by that baseline.
+        fake.clear_log();
+        fake.register(FakeInstance::new("web", "web-2", "n2", 82));
+        h.until(|s| ids(s, "web").len() == 2).await;
+        settle().await;
+        assert_eq!(
+            (fake.service_reads("web"), fake.service_reads("api")),
+            (1, 0)
+        );
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_baseline_the_first_sweep_reads_every_service_and_takes_one() {
+        let fake = FakeConsul::new();
+        fake.set_node_status(Some(403));
+        fake.register(FakeInstance::new("web", "web-1", "n1", 80));
+        fake.register(FakeInstance::new("api", "api-1", "n2", 81));
+        let mut h = start(&fake, Interest::All, opts());
+        h.until(|s| s.services.len() == 2).await;
+        settle().await;
+        fake.set_node_status(None);
+
+        fake.clear_log();
+        fake.register(FakeInstance::new("web", "web-2", "n1", 82));
+        h.until(|s| ids(s, "web").len() == 2).await;
+        settle().await;
+        assert_eq!(
+            fake.service_reads("api"),
+            1,
+            "no baseline: every service is swept"
+        );
+        assert!(fake.node_reads() >= 2, "the baseline is taken");
+
+        fake.clear_log();
+        fake.register(FakeInstance::new("web", "web-3", "n1", 83));
+        h.until(|s| ids(s, "web").len() == 3).await;
+        settle().await;
+        assert_eq!(
+            (fake.service_reads("web"), fake.service_reads("api")),
+            (1, 0)
+        );
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_appearing_or_vanishing_rereads_only_the_services_on_it() {
+        let fake = FakeConsul::new();
+        let mut h = three_services(&fake).await;
+
+        fake.clear_log();
+        fake.register(FakeInstance::new("web", "web-3", "n3", 80).address("10.3.3.3"));
+        let s = h.until(|s| ids(s, "web").len() == 3).await;
+        assert!(
+            s.instances(&svc("web"))
+                .unwrap()
+                .iter()
+                .any(|i| i.node.as_str() == "n3")
+        );
+        settle().await;
+        assert!(fake.log().iter().any(|p| p == "/v1/catalog/node/n3"));
+        assert_only_read(&fake, "web");
+
+        // A node whose instance list reads `null` (gone between the node list and the read)
+        // has no instances.
+        fake.clear_log();
+        fake.deregister("web", "web-3");
+        h.until(|s| ids(s, "web").len() == 2).await;
+        settle().await;
+        assert_only_read(&fake, "web");
+
+        // A node leaving the catalog takes its instances with it.
+        fake.register(FakeInstance::new("api", "api-3", "n3", 81));
+        h.until(|s| ids(s, "api").len() == 3).await;
+        settle().await;
+        fake.clear_log();
+        fake.deregister_node("n3");
+        h.until(|s| ids(s, "api").len() == 2).await;
+        settle().await;
+        assert_only_read(&fake, "api");
+        drop(h);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_few_routed_services_of_a_large_catalog_keep_per_service_sweeps() {
+        let fake = FakeConsul::new();
+        fake.register(FakeInstance::new("web", "web-1", "n1", 80));
+        for n in 0..300 {
+            fake.register(FakeInstance::new("other", &format!("o{n}"), "n1", 81));
+        }
+        let only_web = Interest::Services([svc("web")].into());
+        let mut h = start(&fake, only_web, opts());
+        h.until(|s| ids(s, "web").len() == 1).await;
+        settle().await;
+
+        // One node listing 301 instances weighs more than reading the one routed service.
+        fake.clear_log();
+        fake.register(FakeInstance::new("web", "web-2", "n1", 82));
+        h.until(|s| ids(s, "web").len() == 2).await;
+        settle().await;
+        assert_eq!(fake.node_reads(), 0);
+        assert_eq!(fake.service_reads("web"), 1);
+        assert_eq!(fake.service_reads("other"), 0);
+        drop(h);
+    }
+
+    #[test]
+    fn moved_services_are_the_names_of_instances_that_differ() {
+        let list = |items: &[(&str, &str, u64)]| -> NodeInstances {
+            items
+                .iter()
+                .map(|(id, name, idx)| ((*id).to_owned(), ((*name).to_owned(), *idx)))
+                .collect()
+        };
+        let before = list(&[
+            ("a1", "a", 5),
+            ("b1", "b", 6),
+            ("c1", "c", 7),
+            ("d1", "d", 8),
+        ]);
+        let after = list(&[
+            ("a1", "a", 5),
+            ("b1", "b", 9),
+            ("c1", "e", 7),
+            ("f1", "f", 10),
+        ]);
+        let mut out = BTreeSet::new();
+        moved_services(&before, &after, &mut out);
+        assert_eq!(
+            out.into_iter().collect::<Vec<_>>(),
+            ["b", "c", "d", "e", "f"]
+        );
+        let mut out = BTreeSet::new();
+        moved_services(&before, &before, &mut out);
+        assert!(out.is_empty());
+        let none = NodeInstances::new();
+        let mut out = BTreeSet::new();
+        moved_services(&none, &before, &mut out);
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn the_node_sweep_interval_grows_with_the_instances_between_its_bounds() {
+        let o = CatalogWatcherOptions::default();
+        assert_eq!(o.node_sweep_interval(0), o.round_refill);
+        assert_eq!(o.node_sweep_interval(10_000), o.round_refill);
+        assert_eq!(o.node_sweep_interval(20_000), Duration::from_secs(1));
+        assert_eq!(o.node_sweep_interval(40_000), o.sweep_refill);
+        assert_eq!(o.node_sweep_interval(usize::MAX), o.sweep_refill);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct FakeInstance {
     pub port: i64,
     pub tags: Vec<String>,
     pub checks: Vec<(String, String)>,
+    /// Set by the fake when the instance is registered.
+    pub modify_index: u64,
 }
 
 impl FakeInstance {
@@ -40,6 +42,7 @@ impl FakeInstance {
             port,
             tags: Vec::new(),
             checks: Vec::new(),
+            modify_index: 0,
         }
     }
     pub fn tags(mut self, tags: &[&str]) -> Self {
@@ -68,6 +71,8 @@ struct State {
     node_checks: Vec<(String, String, String)>,
     fail: BTreeSet<String>,
     garbage: BTreeSet<String>,
+    /// Status answered to every `/v1/catalog/node/<node>` read instead of its body.
+    node_status: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -114,8 +119,9 @@ impl FakeConsul {
         self.version.send_modify(|v| *v += 1);
     }
 
-    pub fn register(&self, inst: FakeInstance) {
+    pub fn register(&self, mut inst: FakeInstance) {
         self.write(|s, idx| {
+            inst.modify_index = idx;
             let had_checks = s
                 .instances
                 .iter()
@@ -155,6 +161,31 @@ impl FakeConsul {
             } else {
                 s.svc_idx.remove(service);
                 s.extinction = idx;
+            }
+        });
+    }
+
+    /// Removes a node with every instance on it (moves `nodes`, `services` and the entries
+    /// of the services that lose instances).
+    pub fn deregister_node(&self, node: &str) {
+        self.write(|s, idx| {
+            let names: BTreeSet<String> = s
+                .instances
+                .iter()
+                .filter(|i| i.node == node)
+                .map(|i| i.service.clone())
+                .collect();
+            s.instances.retain(|i| i.node != node);
+            s.nodes_idx = idx;
+            s.services_idx = idx;
+            s.checks_idx = idx;
+            for name in names {
+                if s.instances.iter().any(|i| i.service == name) {
+                    s.svc_idx.insert(name, idx);
+                } else {
+                    s.svc_idx.remove(&name);
+                    s.extinction = idx;
+                }
             }
         });
     }
@@ -231,6 +262,20 @@ impl FakeConsul {
         }
     }
 
+    /// Makes every node read answer `status` (403 as for a token without `node:read` on an
+    /// older server, 404 as for a server without the endpoint), or serve again with `None`.
+    pub fn set_node_status(&self, status: Option<u16>) {
+        self.state.lock().unwrap().node_status = status;
+    }
+
+    /// Number of logged reads of `/v1/catalog/node/<node>`.
+    pub fn node_reads(&self) -> usize {
+        self.log()
+            .iter()
+            .filter(|l| l.starts_with("/v1/catalog/node/"))
+            .count()
+    }
+
     pub fn max_in_flight(&self) -> usize {
         self.max_in_flight.load(Ordering::SeqCst)
     }
@@ -265,6 +310,19 @@ impl FakeConsul {
             "/v1/catalog/services" => Ok((s.services_idx, services_body(&s))),
             "/v1/health/state/any" => Ok((s.checks_idx, checks_body(&s))),
             "/v1/catalog/nodes" => Ok((s.nodes_idx, nodes_body(&s))),
+            p if p.starts_with("/v1/catalog/node/") => {
+                let node = &p["/v1/catalog/node/".len()..];
+                if let Some(status) = s.node_status {
+                    return Err(ConsulError::Status {
+                        status,
+                        body: "Permission denied".into(),
+                    });
+                }
+                if !s.instances.iter().any(|i| i.node == node) {
+                    return Ok((0, Value::Null));
+                }
+                Ok((s.nodes_idx.max(s.services_idx), node_body(&s, node)))
+            }
             p if p.starts_with("/v1/health/service/") => {
                 let name = &p["/v1/health/service/".len()..];
                 if s.fail.contains(name) {
@@ -313,6 +371,21 @@ fn nodes_body(s: &State) -> Value {
             .map(|(n, a)| json!({"Node": n, "Address": a}))
             .collect(),
     )
+}
+
+fn node_body(s: &State, node: &str) -> Value {
+    let mut services = serde_json::Map::new();
+    let mut address = String::new();
+    for i in s.instances.iter().filter(|i| i.node == node) {
+        address.clone_from(&i.node_address);
+        services.insert(
+            i.id.clone(),
+            json!({"ID": i.id, "Service": i.service, "Tags": i.tags, "Address": i.address,
+                   "Port": i.port, "Meta": {}, "CreateIndex": i.modify_index,
+                   "ModifyIndex": i.modify_index}),
+        );
+    }
+    json!({"Node": {"Node": node, "Address": address}, "Services": services})
 }
 
 fn checks_body(s: &State) -> Value {

@@ -10,6 +10,59 @@ use serde::{Deserialize, Serialize};
 /// `GET /v1/catalog/services`: service name to tags.
 pub type CatalogServicesWire = BTreeMap<String, Vec<String>>;
 
+/// `GET /v1/catalog/node/:node`, reduced to what change detection reads; the body is `null`
+/// for a node Consul does not know.
+pub type CatalogNodeWire = Option<CatalogNodeServicesWire>;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CatalogNodeServicesWire {
+    /// The instances (Consul sends a map keyed by instance ID).
+    #[serde(default)]
+    pub services: Option<NodeServicesList>,
+}
+
+/// The `Services` map of `/v1/catalog/node/:node` read as a list: its keys repeat each
+/// instance's `ID`, so they are skipped rather than kept twice.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeServicesList(pub Vec<NodeServiceWire>);
+
+impl<'de> Deserialize<'de> for NodeServicesList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = NodeServicesList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of service instances")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(65_536));
+                while let Some((_, s)) =
+                    map.next_entry::<serde::de::IgnoredAny, NodeServiceWire>()?
+                {
+                    out.push(s);
+                }
+                Ok(NodeServicesList(out))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
+}
+
+/// One instance of `GET /v1/catalog/node/:node` (other fields are skipped).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeServiceWire {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
 /// One entry of `GET /v1/health/service/:name`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -417,18 +417,15 @@ impl Store {
             if let Some(p) = &prev
                 && p.def.name != def.name
             {
-                self.services.remove(&def.id);
+                self.take_service(&def.id);
                 self.drop_service_name_if_extinct(idx, &p.def.name);
             }
-            self.services.insert(
-                def.id.clone(),
-                ServiceRec {
-                    def: def.clone(),
-                    create_index: prev.as_ref().map_or(idx, |p| p.create_index),
-                    modify_index: idx,
-                    server_owned: false,
-                },
-            );
+            self.put_service(ServiceRec {
+                def: def.clone(),
+                create_index: prev.as_ref().map_or(idx, |p| p.create_index),
+                modify_index: idx,
+                server_owned: false,
+            });
             self.idx.services = idx;
             self.idx.service.insert(def.name.clone(), idx);
         }
@@ -449,9 +446,8 @@ impl Store {
         }
         if replace {
             let stale: Vec<String> = self
-                .checks
-                .values()
-                .filter(|c| c.service_id == def.id && !kept.contains(&c.check_id))
+                .checks_of(&def.id)
+                .filter(|c| !kept.contains(&c.check_id))
                 .map(|c| c.check_id.clone())
                 .collect();
             for id in stale {
@@ -462,7 +458,7 @@ impl Store {
     }
 
     fn drop_service_name_if_extinct(&mut self, idx: u64, name: &str) {
-        if self.services.values().any(|s| s.def.name == name) {
+        if self.has_service(name) {
             self.idx.service.insert(name.to_string(), idx);
         } else {
             self.idx.service.remove(name);
@@ -474,16 +470,11 @@ impl Store {
         let Some(rec) = self.services.get(id).filter(|r| r.on_agent()).cloned() else {
             return Err(ApplyError::UnknownService(id.to_string()));
         };
-        let bound: Vec<String> = self
-            .checks
-            .values()
-            .filter(|c| c.service_id == id)
-            .map(|c| c.check_id.clone())
-            .collect();
+        let bound: Vec<String> = self.checks_of(id).map(|c| c.check_id.clone()).collect();
         for c in bound {
             self.remove_check(idx, &c);
         }
-        self.services.remove(id);
+        self.take_service(id);
         self.idx.services = idx;
         self.drop_service_name_if_extinct(idx, &rec.def.name);
         Ok(())
@@ -656,29 +647,7 @@ impl Store {
 
     /// The agent/health `Service` object.
     pub fn service_json(&self, rec: &ServiceRec) -> Value {
-        let s = &rec.def;
-        let mut v = json!({
-            "ID": s.id,
-            "Service": s.name,
-            "Tags": s.tags,
-            "Address": s.address,
-            "Meta": s.meta,
-            "Port": s.port,
-            "Weights": {"Passing": s.weights_passing, "Warning": s.weights_warning},
-            "EnableTagOverride": s.enable_tag_override,
-            "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
-            "Connect": {},
-            "PeerName": "",
-            "CreateIndex": rec.create_index,
-            "ModifyIndex": rec.modify_index,
-        });
-        if !s.tagged_addresses.is_empty() {
-            v["TaggedAddresses"] = Self::tagged_json(s);
-        }
-        if !s.kind.is_empty() {
-            v["Kind"] = s.kind.clone().into();
-        }
-        v
+        serde_json::to_value(ServiceView(rec)).unwrap_or_default()
     }
 
     /// The agent's view of one service (`/v1/agent/services` values).
@@ -694,9 +663,7 @@ impl Store {
 
     fn instances_of<'a>(&'a self, name: &str, tags: &[String]) -> Vec<&'a ServiceRec> {
         let wanted: Vec<String> = tags.iter().map(|t| t.to_lowercase()).collect();
-        self.services
-            .values()
-            .filter(|s| s.def.name == name)
+        self.instances_named(name)
             .filter(|s| {
                 wanted
                     .iter()
@@ -707,7 +674,7 @@ impl Store {
 
     /// The index `/v1/catalog/service/:name` reports, without rendering it.
     pub fn catalog_service_index(&self, name: &str) -> u64 {
-        let exists = self.services.values().any(|s| s.def.name == name);
+        let exists = self.has_service(name);
         self.service_read_index(name, false, exists)
     }
 
@@ -730,7 +697,7 @@ impl Store {
 
     /// `/v1/catalog/service/:name`.
     pub fn catalog_service(&self, name: &str, tags: &[String]) -> (Value, u64) {
-        let exists = self.services.values().any(|s| s.def.name == name);
+        let exists = self.has_service(name);
         let items: Vec<Value> = self
             .instances_of(name, tags)
             .into_iter()
@@ -768,14 +735,6 @@ impl Store {
         )
     }
 
-    fn node_checks(&self) -> impl Iterator<Item = &CheckRec> {
-        self.checks.values().filter(|c| c.service_id.is_empty())
-    }
-
-    fn service_checks<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a CheckRec> + 'a {
-        self.checks.values().filter(move |c| c.service_id == id)
-    }
-
     /// `/v1/health/service/:name`, `passing` applied after the query.
     pub fn health_service(&self, name: &str, tags: &[String], passing: bool) -> (Value, u64) {
         let instances = self.instances_of(name, tags);
@@ -784,8 +743,8 @@ impl Store {
         let mut items = Vec::new();
         for rec in instances {
             let checks: Vec<&CheckRec> = self
-                .node_checks()
-                .chain(self.service_checks(&rec.def.id))
+                .node_level_checks()
+                .chain(self.checks_of(&rec.def.id))
                 .collect();
             if passing && checks.iter().any(|c| c.status != PASSING) {
                 continue;
@@ -829,6 +788,38 @@ impl Store {
             o.insert("Meta".into(), json!({"consul-network-segment": ""}));
         }
         (json!([n]), self.idx.nodes)
+    }
+
+    /// `/v1/catalog/node/<node>` as JSON bytes: the node and its service instances keyed by
+    /// ID, with Consul's `NodeServices` index: max(`nodes`, `services`), whatever node is
+    /// asked for. An unknown node is `null` with index 0 (sent as 1), as Consul's state store
+    /// answers a node it cannot find: a blocking read of it waits for a write that moves the
+    /// index. The instances are serialized straight from the store (no intermediate `Value`):
+    /// this one answer lists every instance on the node.
+    pub fn catalog_node(&self, name: &str) -> (Vec<u8>, u64) {
+        if name != self.node.name && name != self.node.id {
+            return (b"null".to_vec(), 0);
+        }
+        let mut node = self.node_json();
+        if let Some(o) = node.as_object_mut() {
+            o.insert("Meta".into(), json!({"consul-network-segment": ""}));
+        }
+        let view = NodeServicesView {
+            node,
+            services: ServicesById(&self.services),
+        };
+        (
+            serde_json::to_vec(&view).unwrap_or_default(),
+            self.catalog_node_index(name),
+        )
+    }
+
+    /// `X-Consul-Index` of `/v1/catalog/node/<node>` (see [`Store::catalog_node`]).
+    pub fn catalog_node_index(&self, name: &str) -> u64 {
+        if name != self.node.name && name != self.node.id {
+            return 0;
+        }
+        self.idx.nodes.max(self.idx.services)
     }
 
     /// `/v1/agent/services`.
@@ -880,6 +871,111 @@ impl Store {
     }
 }
 
+/// A service instance in Consul's `NodeService` shape, in the field order Consul writes.
+struct ServiceView<'a>(&'a ServiceRec);
+
+#[derive(Serialize)]
+struct WeightsView {
+    #[serde(rename = "Passing")]
+    passing: i64,
+    #[serde(rename = "Warning")]
+    warning: i64,
+}
+
+#[derive(Serialize)]
+struct EmptyObject {}
+
+#[derive(Serialize)]
+struct ProxyView {
+    #[serde(rename = "Mode")]
+    mode: &'static str,
+    #[serde(rename = "MeshGateway")]
+    mesh_gateway: EmptyObject,
+    #[serde(rename = "Expose")]
+    expose: EmptyObject,
+}
+
+#[derive(Serialize)]
+struct TaggedView<'a> {
+    #[serde(rename = "Address")]
+    address: &'a str,
+    #[serde(rename = "Port")]
+    port: i64,
+}
+
+impl Serialize for ServiceView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let rec = self.0;
+        let s = &rec.def;
+        let mut m = serializer.serialize_map(None)?;
+        m.serialize_entry("ID", &s.id)?;
+        m.serialize_entry("Service", &s.name)?;
+        m.serialize_entry("Tags", &s.tags)?;
+        m.serialize_entry("Address", &s.address)?;
+        m.serialize_entry("Meta", &s.meta)?;
+        m.serialize_entry("Port", &s.port)?;
+        m.serialize_entry(
+            "Weights",
+            &WeightsView {
+                passing: s.weights_passing,
+                warning: s.weights_warning,
+            },
+        )?;
+        m.serialize_entry("EnableTagOverride", &s.enable_tag_override)?;
+        m.serialize_entry(
+            "Proxy",
+            &ProxyView {
+                mode: "",
+                mesh_gateway: EmptyObject {},
+                expose: EmptyObject {},
+            },
+        )?;
+        m.serialize_entry("Connect", &EmptyObject {})?;
+        m.serialize_entry("PeerName", "")?;
+        m.serialize_entry("CreateIndex", &rec.create_index)?;
+        m.serialize_entry("ModifyIndex", &rec.modify_index)?;
+        if !s.tagged_addresses.is_empty() {
+            let tagged: BTreeMap<&str, TaggedView<'_>> = s
+                .tagged_addresses
+                .iter()
+                .map(|(k, a)| {
+                    (
+                        k.as_str(),
+                        TaggedView {
+                            address: &a.address,
+                            port: a.port,
+                        },
+                    )
+                })
+                .collect();
+            m.serialize_entry("TaggedAddresses", &tagged)?;
+        }
+        if !s.kind.is_empty() {
+            m.serialize_entry("Kind", &s.kind)?;
+        }
+        m.end()
+    }
+}
+
+/// Service instances keyed by ID, serialized in ID order.
+struct ServicesById<'a>(&'a BTreeMap<String, ServiceRec>);
+
+impl Serialize for ServicesById<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(id, rec)| (id, ServiceView(rec))))
+    }
+}
+
+/// The body of `/v1/catalog/node/<node>`.
+#[derive(Serialize)]
+struct NodeServicesView<'a> {
+    #[serde(rename = "Node")]
+    node: Value,
+    #[serde(rename = "Services")]
+    services: ServicesById<'a>,
+}
+
 /// Consul's `AggregatedStatus`: maintenance > critical > warning > passing; empty is passing.
 pub fn aggregated_status(checks: &[&CheckRec]) -> String {
     let mut worst = 0;
@@ -909,6 +1005,40 @@ pub fn aggregated_status(checks: &[&CheckRec]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_objects_keep_consul_shape_and_field_order() {
+        let mut store = Store::new("id".into(), "n1".into(), "dc1".into());
+        let def = ServiceDef {
+            id: "w1".into(),
+            name: "web".into(),
+            tags: vec!["a".into()],
+            meta: [("k".to_string(), "v".to_string())].into(),
+            port: 80,
+            kind: "connect-proxy".into(),
+            tagged_addresses: [(
+                "lan".to_string(),
+                ServiceAddress {
+                    address: "10.0.0.1".into(),
+                    port: 81,
+                },
+            )]
+            .into(),
+            ..ServiceDef::default()
+        };
+        store.register_service(7, &def, &[], false).unwrap();
+        let v = store.service_json(&store.services["w1"]);
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"ID":"w1","Service":"web","Tags":["a"],"Address":"","Meta":{"k":"v"},"Port":80,"Weights":{"Passing":1,"Warning":1},"EnableTagOverride":false,"Proxy":{"Mode":"","MeshGateway":{},"Expose":{}},"Connect":{},"PeerName":"","CreateIndex":7,"ModifyIndex":7,"TaggedAddresses":{"lan":{"Address":"10.0.0.1","Port":81}},"Kind":"connect-proxy"}"#
+        );
+        let (body, index) = store.catalog_node("n1");
+        let node: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(node["Services"]["w1"], v);
+        assert_eq!(node["Node"]["Node"], "n1");
+        assert_eq!(index, 7);
+        assert_eq!(store.catalog_node("other"), (b"null".to_vec(), 0));
+    }
 
     #[test]
     fn registrator_payload_is_accepted() {

@@ -354,6 +354,23 @@ async fn route(core: &Arc<Core>, req: &Req) -> ApiResult {
         )
         .await;
     }
+    if let Some(node) = p.strip_prefix("catalog/node/") {
+        allow(req, &["GET"])?;
+        if node.is_empty() {
+            return Err(ApiError::bad("Missing node name"));
+        }
+        let node = node.to_string();
+        return blocking_read(
+            core,
+            req,
+            |s| s.catalog_node_index(&node),
+            |s| {
+                let (body, i) = s.catalog_node(&node);
+                (Resp::new(StatusCode::OK, body, Some("application/json")), i)
+            },
+        )
+        .await;
+    }
     if let Some(name) = p.strip_prefix("health/service/") {
         allow(req, &["GET"])?;
         if name.is_empty() {

@@ -10,6 +10,7 @@
 //! - [`acl`]: the optional ACL token (`EMBEDDED_REGISTRY_TOKEN`) and Consul's 403 answers.
 //! - [`store`]: the pure state machine (commands, index entries).
 //! - [`kv`]: the KV table, tombstones and transactions.
+//! - [`lookup`]: derived lookups (instances by service name, checks by instance).
 //! - [`catalog`]: registration decoding/validation and catalog/health/agent views.
 //! - [`blocking`]: `index`/`wait` parsing and the wait loop.
 //! - [`duration`]: Go duration parsing.
@@ -46,6 +47,7 @@ pub mod checks;
 pub mod duration;
 pub mod http;
 pub mod kv;
+pub mod lookup;
 pub mod persist;
 pub mod session;
 pub mod store;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{CheckInput, ServiceDef};
 use super::kv::{KvState, TxnOp, TxnOutcome};
+use super::lookup::Lookup;
 use super::session::SessionRec;
 
 /// Health status strings, as Consul spells them.
@@ -260,7 +261,12 @@ pub struct Applied {
 }
 
 /// The whole state.
+///
+/// `services` and `checks` are read freely but changed only through
+/// [`Store::put_service`], [`Store::take_service`], [`Store::upsert_check`] and
+/// [`Store::remove_check`], which keep the derived [`Lookup`] in step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoreData")]
 pub struct Store {
     pub raft_index: u64,
     pub idx: Indexes,
@@ -270,6 +276,38 @@ pub struct Store {
     pub kv: KvState,
     #[serde(default)]
     pub sessions: BTreeMap<String, SessionRec>,
+    /// Derived from `services` and `checks`; rebuilt when a store is loaded.
+    #[serde(skip)]
+    pub(crate) lookup: Lookup,
+}
+
+/// The persisted fields of a [`Store`]; loading one rebuilds its [`Lookup`].
+#[derive(Deserialize)]
+struct StoreData {
+    raft_index: u64,
+    idx: Indexes,
+    node: NodeInfo,
+    services: BTreeMap<String, ServiceRec>,
+    checks: BTreeMap<String, CheckRec>,
+    kv: KvState,
+    #[serde(default)]
+    sessions: BTreeMap<String, SessionRec>,
+}
+
+impl From<StoreData> for Store {
+    fn from(d: StoreData) -> Store {
+        let lookup = Lookup::rebuild(d.services.values(), d.checks.values());
+        Store {
+            raft_index: d.raft_index,
+            idx: d.idx,
+            node: d.node,
+            services: d.services,
+            checks: d.checks,
+            kv: d.kv,
+            sessions: d.sessions,
+            lookup,
+        }
+    }
 }
 
 impl Store {
@@ -294,24 +332,22 @@ impl Store {
             checks: BTreeMap::new(),
             kv: KvState::default(),
             sessions: BTreeMap::new(),
+            lookup: Lookup::default(),
         };
-        store.checks.insert(
-            SERF_CHECK_ID.to_string(),
-            CheckRec {
-                check_id: SERF_CHECK_ID.to_string(),
-                name: "Serf Health Status".to_string(),
-                status: PASSING.to_string(),
-                notes: String::new(),
-                output: "Agent alive and reachable".to_string(),
-                service_id: String::new(),
-                service_name: String::new(),
-                service_tags: Vec::new(),
-                kind: String::new(),
-                def: CheckDef::default(),
-                create_index: 1,
-                modify_index: 1,
-            },
-        );
+        store.put_check(CheckRec {
+            check_id: SERF_CHECK_ID.to_string(),
+            name: "Serf Health Status".to_string(),
+            status: PASSING.to_string(),
+            notes: String::new(),
+            output: "Agent alive and reachable".to_string(),
+            service_id: String::new(),
+            service_name: String::new(),
+            service_tags: Vec::new(),
+            kind: String::new(),
+            def: CheckDef::default(),
+            create_index: 1,
+            modify_index: 1,
+        });
         store
     }
 
@@ -336,15 +372,12 @@ impl Store {
             meta,
             ..ServiceDef::default()
         };
-        self.services.insert(
-            def.id.clone(),
-            ServiceRec {
-                def,
-                create_index: 1,
-                modify_index: 1,
-                server_owned: true,
-            },
-        );
+        self.put_service(ServiceRec {
+            def,
+            create_index: 1,
+            modify_index: 1,
+            server_owned: true,
+        });
         self.idx.services = 1;
         self.idx.service.insert("consul".to_string(), 1);
         self
@@ -453,9 +486,60 @@ impl Store {
         self.kv.table_index()
     }
 
+    /// Inserts or replaces a service instance (by ID), keeping the lookups in step.
+    pub(crate) fn put_service(&mut self, rec: ServiceRec) {
+        if let Some(prev) = self.services.remove(&rec.def.id) {
+            self.lookup.remove_service(&prev);
+        }
+        self.lookup.add_service(&rec);
+        self.services.insert(rec.def.id.clone(), rec);
+    }
+
+    /// Removes a service instance, keeping the lookups in step.
+    pub(crate) fn take_service(&mut self, id: &str) -> Option<ServiceRec> {
+        let rec = self.services.remove(id)?;
+        self.lookup.remove_service(&rec);
+        Some(rec)
+    }
+
+    /// Inserts or replaces a check (by ID) as given, keeping the lookups in step.
+    fn put_check(&mut self, check: CheckRec) {
+        if let Some(prev) = self.checks.remove(&check.check_id) {
+            self.lookup.remove_check(&prev);
+        }
+        self.lookup.add_check(&check);
+        self.checks.insert(check.check_id.clone(), check);
+    }
+
+    /// The instances of the service `name`, in ID order.
+    pub fn instances_named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a ServiceRec> {
+        self.lookup
+            .instances(name)
+            .filter_map(|id| self.services.get(id))
+    }
+
+    /// Whether the service `name` has an instance.
+    pub fn has_service(&self, name: &str) -> bool {
+        self.lookup.has_service(name)
+    }
+
+    /// The checks bound to the instance `service_id`, in ID order.
+    pub fn checks_of<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a CheckRec> {
+        self.lookup
+            .checks_of(service_id)
+            .filter_map(|id| self.checks.get(id))
+    }
+
+    /// The node-level checks, in ID order.
+    pub fn node_level_checks(&self) -> impl Iterator<Item = &CheckRec> {
+        self.lookup
+            .node_checks()
+            .filter_map(|id| self.checks.get(id))
+    }
+
     /// Moves `service.<name>` for every service on the node (node-level changes).
     pub(crate) fn touch_all_services(&mut self, idx: u64) {
-        let names: BTreeSet<String> = self.services.values().map(|s| s.def.name.clone()).collect();
+        let names: BTreeSet<String> = self.lookup.names().cloned().collect();
         for name in names {
             self.idx.service.insert(name, idx);
         }
@@ -473,12 +557,13 @@ impl Store {
         }
         check.modify_index = idx;
         self.touch_check_scope(idx, &check);
-        self.checks.insert(check.check_id.clone(), check);
+        self.put_check(check);
     }
 
     /// Removes a check and moves the entries a check delete moves.
     pub(crate) fn remove_check(&mut self, idx: u64, id: &str) {
         if let Some(check) = self.checks.remove(id) {
+            self.lookup.remove_check(&check);
             self.touch_check_scope(idx, &check);
             if check.service_id.is_empty() {
                 self.idx.services = idx;
@@ -825,6 +910,53 @@ mod tests {
             Err(ApplyError::CheckServiceMissing("nope".into()))
         );
         assert_eq!(s.raft_index, 1);
+    }
+
+    #[test]
+    fn lookups_stay_equal_to_a_rebuild_after_every_write() {
+        let mut s = store().with_consul_service();
+        let same = |s: &Store| {
+            assert_eq!(
+                s.lookup,
+                Lookup::rebuild(s.services.values(), s.checks.values())
+            );
+        };
+        register(&mut s, svc("w1", "web"), vec![ttl_check()]);
+        register(&mut s, svc("w2", "web"), vec![ttl_check(), ttl_check()]);
+        register(&mut s, svc("a1", "api"), vec![]);
+        same(&s);
+        assert_eq!(
+            s.instances_named("web")
+                .map(|r| r.def.id.as_str())
+                .collect::<Vec<_>>(),
+            ["w1", "w2"]
+        );
+        assert_eq!(s.checks_of("w2").count(), 2);
+        // Renamed instance, checks replaced, maintenance on and off.
+        s.apply(&Command::RegisterService {
+            service: Box::new(svc("w2", "api")),
+            checks: vec![],
+            replace_existing_checks: true,
+        })
+        .unwrap();
+        same(&s);
+        assert!(s.has_service("web") && s.checks_of("w2").count() == 0);
+        for enable in [true, false] {
+            s.apply(&Command::ServiceMaintenance {
+                id: "a1".into(),
+                enable,
+                reason: String::new(),
+            })
+            .unwrap();
+            same(&s);
+        }
+        s.apply(&Command::DeregisterService { id: "w1".into() })
+            .unwrap();
+        same(&s);
+        assert!(!s.has_service("web"));
+        assert_eq!(s.node_level_checks().count(), 1);
+        let back: Store = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]
