@@ -204,11 +204,13 @@ pub struct ReconcilerInputs {
     pub service_list: watch::Receiver<Arc<ServiceTags>>,
 }
 
+/// The live state; the plan, intents and snippets are shared with the published [`Status`]
+/// rather than copied (at thousands of services a copy costs tens of milliseconds).
 struct Live {
-    plan: Plan,
+    plan: Arc<Plan>,
     text: String,
-    intents: Intents,
-    custom: BTreeMap<ServiceName, CustomSnippets>,
+    intents: Arc<Intents>,
+    custom: Arc<BTreeMap<ServiceName, CustomSnippets>>,
 }
 
 /// A rendered configuration with the custom snippets it holds.
@@ -670,7 +672,7 @@ impl Reconciler {
         let specs: BTreeSet<(ServiceName, TemplateSpec)> = self
             .intents
             .iter()
-            .chain(live.into_iter().flatten())
+            .chain(live.into_iter().flat_map(|l| l.iter()))
             .filter_map(|(name, i)| i.templates.clone().map(|t| (name.clone(), t)))
             .collect();
         let catalog = Arc::clone(&self.catalog);
@@ -770,7 +772,7 @@ impl Reconciler {
         let added = self.publish_interest();
         self.read_new_services(added).await;
         let wanted = self.wanted();
-        let Err(error) = self.apply_intents(wanted.clone(), force_reload).await else {
+        let Err((error, wanted)) = self.apply_intents(wanted, force_reload).await else {
             return Ok(());
         };
         self.set_error(Some(error.to_string()));
@@ -802,7 +804,7 @@ impl Reconciler {
             }
             warn!(services = ?held, "these changes cannot go live; keeping their live version");
             if candidate != wanted
-                && let Err(e) = self.apply_intents(candidate, false).await
+                && let Err((e, _)) = self.apply_intents(candidate, false).await
             {
                 warn!(error = %e, "the other changes cannot be applied either");
             }
@@ -823,13 +825,29 @@ impl Reconciler {
         }
     }
 
+    /// Makes `intents` live; on failure, gives them back with the reason.
     async fn apply_intents(
         &mut self,
         intents: Intents,
         force_reload: bool,
-    ) -> Result<(), ApplyError> {
-        let desired = self.desired(&intents);
-        let custom = self.snippets(&desired, &intents)?;
+    ) -> Result<(), (ApplyError, Intents)> {
+        match self.make_live(&intents, force_reload).await {
+            Ok((desired, text, custom)) => {
+                self.went_live(desired, text, intents, custom);
+                Ok(())
+            }
+            Err(error) => Err((error, intents)),
+        }
+    }
+
+    /// Plans, renders and applies `intents`; returns what went live.
+    async fn make_live(
+        &mut self,
+        intents: &Intents,
+        force_reload: bool,
+    ) -> Result<(Plan, String, BTreeMap<ServiceName, CustomSnippets>), ApplyError> {
+        let desired = self.desired(intents);
+        let custom = self.snippets(&desired, intents)?;
         self.last_apply = Some(Instant::now());
         let Some(live) = &self.live else {
             return Err(ApplyError::NotReady);
@@ -837,14 +855,14 @@ impl Reconciler {
         // What changed, for the log of the reload or runtime update below.
         let summary = || {
             let mut summary =
-                crate::change_log::summarize(&live.intents, &live.plan, &intents, &desired);
+                crate::change_log::summarize(&live.intents, &live.plan, intents, &desired);
             summary.templates_changed(&live.custom, &custom);
             summary
         };
         // The plan does not hold the text of custom templates: a change there is structural.
         let (change, why) = if force_reload {
             (Change::Reload, "reload requested")
-        } else if custom != live.custom {
+        } else if custom != *live.custom {
             (Change::Reload, "custom template output changed")
         } else {
             (
@@ -856,14 +874,12 @@ impl Reconciler {
         // although it passed validation here (a template, a regular expression, a certificate
         // through a requested reload); otherwise the reload is the check.
         let check = if force_reload
-            || custom != live.custom
-            || changed_services(&live.intents, &intents)
-                .iter()
-                .any(|name| {
-                    intents
-                        .get(name)
-                        .is_some_and(ServiceIntent::haproxy_may_refuse)
-                }) {
+            || custom != *live.custom
+            || changed_services(&live.intents, intents).iter().any(|name| {
+                intents
+                    .get(name)
+                    .is_some_and(ServiceIntent::haproxy_may_refuse)
+            }) {
             ReloadCheck::Precheck
         } else {
             ReloadCheck::AtReload
@@ -918,8 +934,7 @@ impl Reconciler {
                 text
             }
         };
-        self.went_live(desired, text, intents, custom);
-        Ok(())
+        Ok((desired, text, custom))
     }
 
     /// Installs `text` without reloading; `haproxy -c` is skipped when only slot lines changed.
@@ -1035,17 +1050,18 @@ impl Reconciler {
             .map(|b| b.slots.iter().filter(|s| s.server.is_some()).count())
             .sum();
         self.options.metrics.went_live(intents.len(), instances);
+        let (plan, intents, custom) = (Arc::new(desired), Arc::new(intents), Arc::new(custom));
         let status = Status {
             ready: true,
             generation: self.generation,
-            intents: Arc::new(intents.clone()),
-            plan: Some(Arc::new(desired.clone())),
+            intents: Arc::clone(&intents),
+            plan: Some(Arc::clone(&plan)),
             last_error: None,
             tag_routed: Arc::new(tag_routed),
-            custom: Arc::new(custom.clone()),
+            custom: Arc::clone(&custom),
         };
         self.live = Some(Live {
-            plan: desired,
+            plan,
             text,
             intents,
             custom,
