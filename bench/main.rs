@@ -996,13 +996,14 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "- Instance churn reloads at no size (reloads during rescale above). Not yet \
-                 proportional to the change (target not met): every apply plans and renders the \
-                 whole configuration and compares whole texts, a structural change checks and \
-                 reloads the whole file, and a registration without checks costs one sweep that \
-                 reads every node's instance list (`/v1/catalog/node/<node>`; here one node \
-                 listing every instance) before only the service that moved is re-read: that is \
-                 why the rescale time still grows with the number of instances."
+                "- Instance churn reloads at no size (reloads during rescale above), and only \
+                 the service that moved is re-read. Not yet proportional to the change (target \
+                 not met): every apply plans and renders the whole configuration and compares \
+                 whole texts, a structural change reloads the whole file (HAProxy parses all of \
+                 it), and a registration without checks costs one sweep that reads every node's \
+                 instance list (`/v1/catalog/node/<node>`; here one node listing every instance) \
+                 to find the service that moved: that is why the rescale time still grows with \
+                 the number of instances."
             );
         }
         s
