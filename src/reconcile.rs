@@ -860,9 +860,10 @@ impl Reconciler {
             summary
         };
         // The plan does not hold the text of custom templates: a change there is structural.
+        let templates_changed = custom != *live.custom;
         let (change, why) = if force_reload {
             (Change::Reload, "reload requested")
-        } else if custom != *live.custom {
+        } else if templates_changed {
             (Change::Reload, "custom template output changed")
         } else {
             (
@@ -874,7 +875,7 @@ impl Reconciler {
         // although it passed validation here (a template, a regular expression, a certificate
         // through a requested reload); otherwise the reload is the check.
         let check = if force_reload
-            || custom != *live.custom
+            || templates_changed
             || changed_services(&live.intents, intents).iter().any(|name| {
                 intents
                     .get(name)

@@ -103,6 +103,25 @@ impl Drop for Haproxy {
     }
 }
 
+/// Starts HAProxy on the configuration at `paths` and waits until `http_port` accepts.
+fn start_haproxy(paths: &HaproxyPaths, http_port: u16) -> Haproxy {
+    let hp = Haproxy(
+        Command::new("haproxy")
+            .arg("-f")
+            .arg(paths.config())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        assert!(Instant::now() < deadline, "haproxy did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    hp
+}
+
 fn runtime(paths: &HaproxyPaths, commands: &str) -> String {
     let mut s = UnixStream::connect(paths.runtime_socket()).unwrap();
     s.write_all(commands.as_bytes()).unwrap();
@@ -162,20 +181,7 @@ fn rendered_config_routes_real_traffic() {
     };
     let cfg = render(&p1, &rs).unwrap();
     std::fs::write(paths.config(), cfg.as_str()).unwrap();
-    let _hp = Haproxy(
-        Command::new("haproxy")
-            .arg("-f")
-            .arg(paths.config())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", http_port)).is_err() {
-        assert!(Instant::now() < deadline, "haproxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _hp = start_haproxy(&paths, http_port);
 
     assert_eq!(
         get(http_port, "my-domain.com", "/demo/hello"),
@@ -294,20 +300,7 @@ fn long_domain_lists_are_split_over_lines() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let _hp = Haproxy(
-        Command::new("haproxy")
-            .arg("-f")
-            .arg(paths.config())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", http_port)).is_err() {
-        assert!(Instant::now() < deadline, "haproxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _hp = start_haproxy(&paths, http_port);
     for host in [
         "host0.example.com",
         "host99.example.com",

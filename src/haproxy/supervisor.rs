@@ -595,10 +595,10 @@ impl Supervisor {
             }
             ReloadCheck::AtReload => validate::write_tempfile(&self.paths, config_text)
                 .await
-                .map_err(|e| ReloadError::Io {
+                .map_err(|source| ReloadError::Io {
                     what: "cannot write the new configuration in",
                     path: self.paths.data_dir().to_path_buf(),
-                    source: io::Error::other(e),
+                    source,
                 })?,
         };
         let before = self.query_procs(self.options.reload_timeout).await?;

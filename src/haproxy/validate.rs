@@ -122,7 +122,12 @@ pub(crate) async fn check_to_tempfile(
     config_text: &str,
     timeout: Duration,
 ) -> Result<NamedTempFile, ValidationError> {
-    let tmp = write_tempfile(paths, config_text).await?;
+    let tmp = write_tempfile(paths, config_text)
+        .await
+        .map_err(|source| ValidationError::Io {
+            dir: paths.data_dir().to_path_buf(),
+            source,
+        })?;
     check_file(paths, binary, config_text, tmp, timeout).await
 }
 
@@ -131,27 +136,21 @@ pub(crate) async fn check_to_tempfile(
 pub(crate) async fn write_tempfile(
     paths: &HaproxyPaths,
     config_text: &str,
-) -> Result<NamedTempFile, ValidationError> {
+) -> std::io::Result<NamedTempFile> {
     let dir = paths.data_dir().to_path_buf();
-    let io_err = |source| ValidationError::Io {
-        dir: dir.clone(),
-        source,
-    };
-    tokio::fs::create_dir_all(&dir).await.map_err(io_err)?;
+    tokio::fs::create_dir_all(&dir).await?;
     let text = config_text.to_owned();
-    let tmp_dir = dir.clone();
     tokio::task::spawn_blocking(move || -> std::io::Result<NamedTempFile> {
         let mut tmp = tempfile::Builder::new()
             .prefix(".haproxy.cfg.")
             .suffix(".tmp")
-            .tempfile_in(&tmp_dir)?;
+            .tempfile_in(&dir)?;
         tmp.write_all(text.as_bytes())?;
         tmp.flush()?;
         Ok(tmp)
     })
     .await
-    .map_err(|e| io_err(std::io::Error::other(e)))?
-    .map_err(io_err)
+    .map_err(std::io::Error::other)?
 }
 
 /// Runs `haproxy -c` on `tmp`, which holds `config_text`; returns `tmp` when it passes.
